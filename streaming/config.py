@@ -1,0 +1,337 @@
+"""The one typed, frozen configuration tree.
+
+Loaded once at the entry point (defaults < optional TOML file < environment) and passed down.
+Environment variables are read here and nowhere else. Secrets are `Secret` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streaming.errors import ConfigError
+
+ENTITIES: tuple[str, ...] = ("telemetry", "bookings", "user_events", "external", "feedback")
+DEFAULT_PARTITIONS: Mapping[str, int] = {
+    "telemetry": 6,
+    "bookings": 3,
+    "user_events": 3,
+    "external": 1,
+    "feedback": 1,
+}
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must never reach a log, a repr or an error message."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    entity: str
+    name: str
+    partitions: int
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the brokers are and how to authenticate (passed to Spark and to librdkafka)."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_location: str | None = None
+
+    def client_options(self) -> dict[str, str]:
+        """Options for confluent-kafka (librdkafka) clients."""
+        options = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl.mechanisms"] = self.sasl_mechanism
+        if self.sasl_username:
+            options["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            options["sasl.password"] = self.sasl_password.reveal()
+        if self.ssl_ca_location:
+            options["ssl.ca.location"] = self.ssl_ca_location
+        return options
+
+    def spark_options(self) -> dict[str, str]:
+        """Options for Spark's Kafka source (`kafka.`-prefixed Java client settings)."""
+        options = {
+            "kafka.bootstrap.servers": self.bootstrap_servers,
+            "kafka.security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["kafka.sasl.mechanism"] = self.sasl_mechanism
+            module = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule"
+                if self.sasl_mechanism == "PLAIN"
+                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+            )
+            password = self.sasl_password.reveal() if self.sasl_password else ""
+            options["kafka.sasl.jaas.config"] = (
+                f'{module} required username="{self.sasl_username}" password="{password}";'
+            )
+        if self.ssl_ca_location:
+            options["kafka.ssl.truststore.location"] = self.ssl_ca_location
+        return options
+
+
+@dataclass(frozen=True)
+class LocalBrokerConfig:
+    """The single-node development broker that `lakehouse kafka start` runs."""
+
+    port: int
+    controller_port: int
+    data_dir: Path
+    heap: str = "768m"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    trigger_interval: str = "5 seconds"
+    max_offsets_per_trigger: int | None = 500_000
+    fail_on_data_loss: bool = True
+    starting_offsets: str = "earliest"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 4
+    ui_enabled: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    root: str
+    checkpoints: str
+    jars_dir: Path
+    topic_prefix: str
+    topics: tuple[TopicConfig, ...]
+    kafka: KafkaConfig
+    broker: LocalBrokerConfig
+    stream: StreamConfig
+    spark: SparkConfig
+    metrics_port: int
+
+    def topic(self, entity: str) -> TopicConfig:
+        for topic in self.topics:
+            if topic.entity == entity:
+                return topic
+        known = ", ".join(t.entity for t in self.topics)
+        raise ConfigError(f"unknown topic '{entity}'", hint=f"choose one of: {known}")
+
+    def table_path(self, layer: str, table: str) -> str:
+        return f"{self.root.rstrip('/')}/{layer}/{table}"
+
+    def checkpoint_path(self, query_name: str) -> str:
+        """`bronze.telemetry` -> `<checkpoints>/bronze/telemetry`: one checkpoint per query."""
+        layer, _, table = query_name.partition(".")
+        return f"{self.checkpoints.rstrip('/')}/{layer}/{table}"
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Config:
+    """Build the configuration: defaults, then the TOML file, then the environment."""
+    env = os.environ if env is None else env
+    file_path = config_file or env.get("LAKEHOUSE_CONFIG")
+    file = _read_toml(Path(file_path)) if file_path else {}
+    settings = _Settings(env, file)
+
+    broker = LocalBrokerConfig(
+        port=settings.integer("LAKEHOUSE_KAFKA_PORT", ("broker", "port"), 9092),
+        controller_port=settings.integer(
+            "LAKEHOUSE_KAFKA_CONTROLLER_PORT", ("broker", "controller_port"), 0
+        ),
+        data_dir=Path(settings.text("LAKEHOUSE_KAFKA_DIR", ("broker", "data_dir"), ".kafka"))
+        .expanduser()
+        .resolve(),
+        heap=settings.text("LAKEHOUSE_KAFKA_HEAP", ("broker", "heap"), "768m"),
+    )
+    if broker.controller_port == 0:
+        broker = LocalBrokerConfig(broker.port, broker.port + 1, broker.data_dir, broker.heap)
+
+    password = settings.text("KAFKA_SASL_PASSWORD", ("kafka", "sasl_password"), "")
+    kafka = KafkaConfig(
+        bootstrap_servers=settings.text(
+            "KAFKA_BOOTSTRAP_SERVERS", ("kafka", "bootstrap_servers"), f"127.0.0.1:{broker.port}"
+        ),
+        security_protocol=settings.text(
+            "KAFKA_SECURITY_PROTOCOL", ("kafka", "security_protocol"), "PLAINTEXT"
+        ).upper(),
+        sasl_mechanism=settings.text("KAFKA_SASL_MECHANISM", ("kafka", "sasl_mechanism"), "")
+        or None,
+        sasl_username=settings.text("KAFKA_SASL_USERNAME", ("kafka", "sasl_username"), "")
+        or None,
+        sasl_password=Secret(password) if password else None,
+        ssl_ca_location=settings.text("KAFKA_SSL_CA_LOCATION", ("kafka", "ssl_ca_location"), "")
+        or None,
+    )
+    _check_security(kafka)
+
+    prefix = settings.text("LAKEHOUSE_TOPIC_PREFIX", ("topics", "prefix"), "")
+    partitions = {**DEFAULT_PARTITIONS, **file.get("topics", {}).get("partitions", {})}
+    topics = tuple(
+        TopicConfig(entity, f"{prefix}{entity}", _positive(partitions[entity], "partitions"))
+        for entity in ENTITIES
+    )
+
+    max_offsets = settings.integer(
+        "LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER", ("stream", "max_offsets_per_trigger"), 500_000
+    )
+    stream = StreamConfig(
+        trigger_interval=settings.text(
+            "LAKEHOUSE_TRIGGER_INTERVAL", ("stream", "trigger_interval"), "5 seconds"
+        ),
+        max_offsets_per_trigger=max_offsets if max_offsets > 0 else None,
+        fail_on_data_loss=settings.boolean(
+            "LAKEHOUSE_FAIL_ON_DATA_LOSS", ("stream", "fail_on_data_loss"), True
+        ),
+        starting_offsets=settings.text(
+            "LAKEHOUSE_STARTING_OFFSETS", ("stream", "starting_offsets"), "earliest"
+        ),
+    )
+    spark = SparkConfig(
+        master=settings.text("LAKEHOUSE_SPARK_MASTER", ("spark", "master"), "local[*]"),
+        driver_memory=settings.text("LAKEHOUSE_DRIVER_MEMORY", ("spark", "driver_memory"), "4g"),
+        shuffle_partitions=settings.integer(
+            "LAKEHOUSE_SHUFFLE_PARTITIONS", ("spark", "shuffle_partitions"), 4
+        ),
+        ui_enabled=settings.boolean("LAKEHOUSE_SPARK_UI", ("spark", "ui_enabled"), False),
+        extra={str(k): str(v) for k, v in file.get("spark", {}).get("conf", {}).items()},
+    )
+    return Config(
+        root=_storage_location(settings.text("LAKEHOUSE_ROOT", ("root",), "lakehouse"), "root"),
+        checkpoints=_storage_location(
+            settings.text("LAKEHOUSE_CHECKPOINTS", ("checkpoints",), "checkpoints"), "checkpoints"
+        ),
+        jars_dir=Path(settings.text("LAKEHOUSE_JARS", ("jars_dir",), str(PROJECT_DIR / "jars")))
+        .expanduser()
+        .resolve(),
+        topic_prefix=prefix,
+        topics=topics,
+        kafka=kafka,
+        broker=broker,
+        stream=stream,
+        spark=spark,
+        metrics_port=settings.integer("LAKEHOUSE_METRICS_PORT", ("metrics_port",), 9464),
+    )
+
+
+class _Settings:
+    """Looks a setting up in the environment first, then in the TOML file, then the default."""
+
+    def __init__(self, env: Mapping[str, str], file: Mapping[str, Any]) -> None:
+        self._env = env
+        self._file = file
+
+    def _raw(self, var: str, path: tuple[str, ...]) -> tuple[Any, str] | None:
+        if self._env.get(var, "") != "":
+            return self._env[var], var
+        node: Any = self._file
+        for key in path:
+            if not isinstance(node, Mapping) or key not in node:
+                return None
+            node = node[key]
+        return node, "config file key " + ".".join(path)
+
+    def text(self, var: str, path: tuple[str, ...], default: str) -> str:
+        found = self._raw(var, path)
+        return default if found is None else str(found[0])
+
+    def integer(self, var: str, path: tuple[str, ...], default: int) -> int:
+        found = self._raw(var, path)
+        if found is None:
+            return default
+        value, source = found
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{source} must be a whole number, got {value!r}", hint=f"set e.g. {var}={default}"
+            ) from None
+
+    def boolean(self, var: str, path: tuple[str, ...], default: bool) -> bool:
+        found = self._raw(var, path)
+        if found is None:
+            return default
+        value, source = found
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{source} must be true or false, got {value!r}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist", hint="fix LAKEHOUSE_CONFIG or --config"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _storage_location(value: str, name: str) -> str:
+    """A local folder (made absolute) or an `s3a://bucket/prefix` URI."""
+    if "://" in value:
+        scheme = value.split("://", 1)[0]
+        if scheme != "s3a":
+            raise ConfigError(
+                f"{name} '{value}' uses the scheme {scheme}://",
+                hint="use a local path or s3a://bucket/prefix (Hadoop's S3A connector)",
+            )
+        return value.rstrip("/")
+    return str(Path(value).expanduser().resolve())
+
+
+def _positive(value: Any, name: str) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _check_security(kafka: KafkaConfig) -> None:
+    known = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+    if kafka.security_protocol not in known:
+        raise ConfigError(
+            f"KAFKA_SECURITY_PROTOCOL '{kafka.security_protocol}' is not a Kafka protocol",
+            hint="use one of " + ", ".join(sorted(known)),
+        )
+    if kafka.security_protocol.startswith("SASL") and not (
+        kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password
+    ):
+        raise ConfigError(
+            f"{kafka.security_protocol} needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME "
+            "and KAFKA_SASL_PASSWORD"
+        )
