@@ -185,8 +185,7 @@ def load_config(
         ).upper(),
         sasl_mechanism=settings.text("KAFKA_SASL_MECHANISM", ("kafka", "sasl_mechanism"), "")
         or None,
-        sasl_username=settings.text("KAFKA_SASL_USERNAME", ("kafka", "sasl_username"), "")
-        or None,
+        sasl_username=settings.text("KAFKA_SASL_USERNAME", ("kafka", "sasl_username"), "") or None,
         sasl_password=Secret(password) if password else None,
         ssl_ca_location=settings.text("KAFKA_SSL_CA_LOCATION", ("kafka", "ssl_ca_location"), "")
         or None,

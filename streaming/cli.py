@@ -1,0 +1,171 @@
+"""`lakehouse`: the command-line contract (see README). One clear line per mistake, no traces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from streaming.config import ENTITIES, Config, load_config
+from streaming.errors import LakehouseError, VerificationFailed
+
+log = logging.getLogger("lakehouse")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        config = load_config(config_file=args.config)
+        return int(args.handler(config, args) or 0)
+    except LakehouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a JVM or library error the service did not anticipate
+        if args.verbose:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {first[:500]} (run with -v for details)", file=sys.stderr)
+        return 1
+
+
+def _kafka(config: Config, args: argparse.Namespace) -> int:
+    from streaming.kafka import broker
+
+    if args.action == "start":
+        print(broker.start(config.broker, config.jars_dir))
+    elif args.action == "stop":
+        print(broker.stop(config.broker))
+    else:
+        running, line = broker.status(config.broker)
+        print(line)
+        return 0 if running else 1
+    return 0
+
+
+def _topics(config: Config, args: argparse.Namespace) -> int:
+    from streaming.kafka.admin import create_topics
+
+    for line in create_topics(config, args.partitions):
+        print(line)
+    return 0
+
+
+def _produce(config: Config, args: argparse.Namespace) -> int:
+    from streaming.simulator.producer import ProduceOptions, run_producer
+
+    options = ProduceOptions(
+        rate=args.rate,
+        count=args.count,
+        format=args.format,
+        duplicates=args.duplicates,
+        malformed=args.malformed,
+        late=args.late,
+        seed=args.seed,
+        ledger=args.ledger,
+        vehicles=args.vehicles,
+    )
+    report = run_producer(config, args.topic, options)
+    return 0 if report.failed == 0 else 1
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from streaming.runner import run
+
+    run(config, args.layer, once=args.once)
+    return 0
+
+
+def _verify(config: Config, args: argparse.Namespace) -> int:
+    from streaming.spark import build_spark
+    from streaming.verify import check_bronze
+
+    if not args.ledger:
+        raise LakehouseError("nothing to verify", hint="pass --ledger FILE (from produce)")
+    spark = build_spark(config, app_name="lakehouse-verify")
+    result = check_bronze(spark, config, args.ledger)
+    report = {"bronze": result.as_dict(), "ok": result.ok}
+    text = json.dumps(report, indent=2, sort_keys=True)
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+    if not report["ok"]:
+        raise VerificationFailed(
+            f"Bronze does not match the ledger: {result.missing} missing, "
+            f"{result.duplicated} duplicated"
+        )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lakehouse",
+        description="Streaming lakehouse: Kafka -> Bronze -> Silver -> Gold on Spark and Delta.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (or LAKEHOUSE_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, full traces")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = commands.add_parser("kafka", help="the local single-node Kafka broker")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.set_defaults(handler=_kafka)
+
+    topics = commands.add_parser("topics", help="create every configured topic")
+    topics.add_argument("action", choices=["create"])
+    topics.add_argument("--partitions", type=_positive_int, help="override every topic's count")
+    topics.set_defaults(handler=_topics)
+
+    produce = commands.add_parser("produce", help="the fleet simulator: publish events")
+    produce.add_argument("topic", choices=[*ENTITIES, "all"])
+    produce.add_argument("--rate", type=float, default=1000.0, help="messages per second")
+    produce.add_argument("--count", type=int, default=10_000, help="messages (0 = until Ctrl-C)")
+    produce.add_argument("--format", choices=["json", "avro"], default="json")
+    produce.add_argument("--duplicates", type=float, default=0.0, metavar="P")
+    produce.add_argument("--malformed", type=float, default=0.0, metavar="P")
+    produce.add_argument("--late", type=float, default=0.0, metavar="P")
+    produce.add_argument("--seed", type=int, default=42)
+    produce.add_argument("--ledger", type=Path, help="write every acked topic,partition,offset")
+    produce.add_argument("--vehicles", type=_positive_int, default=50_000)
+    produce.set_defaults(handler=_produce)
+
+    run = commands.add_parser("run", help="run streaming queries")
+    run.add_argument("layer", choices=["bronze", "all"])
+    run.add_argument("--once", action="store_true", help="process what is available, then exit")
+    run.set_defaults(handler=_run)
+
+    verify = commands.add_parser("verify", help="check the correctness oracles")
+    verify.add_argument("--ledger", type=Path, action="append", help="producer ledger (repeat)")
+    verify.add_argument("--report", type=Path, help="also write the JSON report here")
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # py4j logs every callback at INFO; librdkafka logs every reconnect attempt.
+    for noisy in ("py4j", "streaming.kafka.client"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Kafka I/O: the local development broker and topic administration."""

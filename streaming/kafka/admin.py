@@ -1,0 +1,83 @@
+"""Topic administration and reachability checks with confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from streaming.config import Config, KafkaConfig
+from streaming.errors import BrokerError
+
+# librdkafka reports every failed connection attempt; the service reports one clear line instead.
+_CLIENT_LOG = logging.getLogger("streaming.kafka.client")
+
+
+def admin_client(kafka: KafkaConfig) -> AdminClient:
+    return AdminClient({**kafka.client_options(), "logger": _CLIENT_LOG})
+
+
+def cluster_metadata(kafka: KafkaConfig, timeout_s: float = 10.0) -> ClusterMetadata:
+    """Cluster metadata, or one BrokerError saying the brokers cannot be reached."""
+    try:
+        return admin_client(kafka).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() in _AUTH_ERRORS:
+            raise BrokerError(
+                f"Kafka at {kafka.bootstrap_servers} refused the credentials: {error.str()}",
+                hint="check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD / KAFKA_SASL_MECHANISM",
+            ) from None
+        raise BrokerError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f} s",
+            hint="start the local broker with `lakehouse kafka start`, "
+            "or set KAFKA_BOOTSTRAP_SERVERS to a reachable broker",
+        ) from None
+
+
+_AUTH_ERRORS = {
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+}
+
+
+def require_topics(config: Config, entities: list[str], timeout_s: float = 10.0) -> None:
+    """Fail with one line if the brokers are unreachable or a topic does not exist."""
+    metadata = cluster_metadata(config.kafka, timeout_s)
+    missing = [
+        config.topic(e).name for e in entities if config.topic(e).name not in metadata.topics
+    ]
+    if missing:
+        raise BrokerError(
+            f"topic(s) {', '.join(missing)} do not exist on {config.kafka.bootstrap_servers}",
+            hint="create them with `lakehouse topics create`",
+        )
+
+
+def create_topics(config: Config, partitions: int | None = None) -> list[str]:
+    """Create every configured topic that is missing. Returns one status line per topic."""
+    metadata = cluster_metadata(config.kafka)
+    wanted = [
+        NewTopic(t.name, num_partitions=partitions or t.partitions, replication_factor=-1)
+        for t in config.topics
+        if t.name not in metadata.topics
+    ]
+    lines = []
+    admin = admin_client(config.kafka)  # must outlive the futures it hands out
+    futures = admin.create_topics(wanted, operation_timeout=30) if wanted else {}
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"could not create topic {name}: {error.str()}") from None
+    metadata = cluster_metadata(config.kafka)
+    for topic in config.topics:
+        count = len(metadata.topics[topic.name].partitions)
+        verb = "created" if topic.name in futures else "exists "
+        lines.append(f"{verb} {topic.name} ({count} partitions)")
+    return lines

@@ -1,0 +1,235 @@
+"""The local single-node Apache Kafka broker (KRaft combined mode) for development and tests.
+
+Runs the real broker from the Maven-fetched classpath in `jars/kafka` as a plain JVM process on
+loopback: `kafka.tools.StorageTool format` on first start, then `kafka.Kafka server.properties`.
+State lives in `LAKEHOUSE_KAFKA_DIR` (default `./.kafka`): data, pid file, logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from streaming import jars
+from streaming.config import KafkaConfig, LocalBrokerConfig
+from streaming.errors import BrokerError, SetupError
+from streaming.kafka.admin import cluster_metadata
+
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+
+
+def start(broker: LocalBrokerConfig, jars_dir: Path) -> str:
+    """Start the broker unless it runs already; return once it answers metadata requests."""
+    classpath = f"{jars_dir / 'kafka'}/*"
+    jars.require(jars_dir, "kafka")
+    pid = running_pid(broker)
+    if pid is not None:
+        return f"Kafka broker already running (pid {pid}) on 127.0.0.1:{broker.port}"
+    for port in (broker.port, broker.controller_port):
+        _require_free_port(port)
+    broker.data_dir.mkdir(parents=True, exist_ok=True)
+    properties = _write_config(broker)
+    if not (broker.data_dir / "data" / "meta.properties").exists():
+        _format_storage(classpath, properties, broker)
+    with (broker.data_dir / "broker.out").open("ab") as out:
+        process = subprocess.Popen(
+            [
+                "java", f"-Xmx{broker.heap}", f"-Xms{broker.heap}", "-XX:+UseG1GC",
+                f"-Dlog4j2.configurationFile={broker.data_dir / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={broker.data_dir}",
+                "-cp", classpath, "kafka.Kafka", str(properties),
+            ],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    _pid_file(broker).write_text(str(process.pid))
+    _wait_ready(broker, process)
+    return f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}, data in {broker.data_dir}"
+
+
+def stop(broker: LocalBrokerConfig) -> str:
+    """Stop the broker by pid: SIGTERM for a clean shutdown, SIGKILL only after a timeout."""
+    pid = running_pid(broker)
+    if pid is None:
+        _pid_file(broker).unlink(missing_ok=True)
+        return "Kafka broker is not running"
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    forced = _alive(pid)
+    if forced:
+        os.kill(pid, signal.SIGKILL)
+    _pid_file(broker).unlink(missing_ok=True)
+    return f"Kafka broker stopped (pid {pid}){' with SIGKILL after a timeout' if forced else ''}"
+
+
+def status(broker: LocalBrokerConfig) -> tuple[bool, str]:
+    pid = running_pid(broker)
+    if pid is None:
+        return False, f"Kafka broker is not running (data folder {broker.data_dir})"
+    try:
+        metadata = cluster_metadata(_local_client(broker), timeout_s=5)
+    except BrokerError:
+        return False, f"Kafka broker process {pid} runs but does not answer on port {broker.port}"
+    topics = sorted(t for t in metadata.topics if not t.startswith("__"))
+    return (
+        True,
+        f"Kafka broker running (pid {pid}) on 127.0.0.1:{broker.port}; {len(topics)} topics",
+    )
+
+
+def running_pid(broker: LocalBrokerConfig) -> int | None:
+    """The pid in the pid file if that process is alive and is a Kafka broker."""
+    try:
+        pid = int(_pid_file(broker).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid if _alive(pid) else None
+    return pid if b"kafka.Kafka" in cmdline else None
+
+
+def _local_client(broker: LocalBrokerConfig) -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=f"127.0.0.1:{broker.port}")
+
+
+def _wait_ready(broker: LocalBrokerConfig, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _pid_file(broker).unlink(missing_ok=True)
+            raise BrokerError(
+                f"the Kafka broker exited with code {process.returncode} during start-up: "
+                + _log_tail(broker),
+                hint=f"see {broker.data_dir / 'broker.out'}",
+            )
+        try:
+            cluster_metadata(_local_client(broker), timeout_s=2)
+            return
+        except BrokerError:
+            time.sleep(0.5)
+    raise BrokerError(
+        f"the Kafka broker did not answer within {READY_TIMEOUT_S:.0f} s",
+        hint=f"see {broker.data_dir / 'broker.out'}; stop it with `lakehouse kafka stop`",
+    )
+
+
+def _format_storage(classpath: str, properties: Path, broker: LocalBrokerConfig) -> None:
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    result = subprocess.run(
+        [
+            "java", "-Xmx256m",
+            f"-Dlog4j2.configurationFile={broker.data_dir / 'log4j2.properties'}",
+            "-cp", classpath, "kafka.tools.StorageTool",
+            "format", "-t", cluster_id, "-c", str(properties), "--ignore-formatted",
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise SetupError(
+            "formatting the Kafka storage failed: " + (result.stderr or result.stdout)[-400:],
+            hint=f"remove {broker.data_dir} to start from a clean state",
+        )
+
+
+def _write_config(broker: LocalBrokerConfig) -> Path:
+    data = broker.data_dir
+    properties = data / "server.properties"
+    properties.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{broker.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{broker.port},"
+                f"CONTROLLER://127.0.0.1:{broker.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={data / 'data'}",
+                "num.partitions=1",
+                "auto.create.topics.enable=false",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=5",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                "message.max.bytes=2097152",
+                "num.network.threads=2",
+                "num.io.threads=4",
+                "",
+            ]
+        )
+    )
+    (data / "log4j2.properties").write_text(
+        "\n".join(
+            [
+                "appender.file.type=File",
+                "appender.file.name=file",
+                f"appender.file.fileName={data / 'broker.log'}",
+                "appender.file.layout.type=PatternLayout",
+                "appender.file.layout.pattern=[%d] %p %m (%c)%n",
+                "rootLogger.level=INFO",
+                "rootLogger.appenderRef.file.ref=file",
+                "logger.kafka.name=kafka",
+                "logger.kafka.level=INFO",
+                "logger.state.name=state.change.logger",
+                "logger.state.level=WARN",
+                "",
+            ]
+        )
+    )
+    return properties
+
+
+def _require_free_port(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise BrokerError(
+                f"port {port} on 127.0.0.1 is already in use by another process",
+                hint="stop that process or choose other ports with LAKEHOUSE_KAFKA_PORT",
+            ) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return True
+
+
+def _pid_file(broker: LocalBrokerConfig) -> Path:
+    return broker.data_dir / "broker.pid"
+
+
+def _log_tail(broker: LocalBrokerConfig) -> str:
+    for name in ("broker.out", "broker.log"):
+        path = broker.data_dir / name
+        if path.exists():
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line]
+            errors = [line for line in lines if "ERROR" in line or "Exception" in line]
+            return (errors or lines or [""])[-1][:300]
+    return ""

@@ -1,0 +1,132 @@
+"""Runs the layers' streaming queries in one Spark application.
+
+Checks everything a user can get wrong before the JVM starts (jars, writable paths, brokers,
+topics), then starts one named query per table, serves metrics, and waits: with `once` until
+every query has drained what was available, otherwise until a query fails or SIGTERM/SIGINT
+asks for a clean stop (the checkpoint makes any stop, clean or not, safe to restart from).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from streaming import bronze, jars
+from streaming.config import ENTITIES, Config
+from streaming.errors import ConfigError, QueryError
+from streaming.kafka.admin import require_topics
+from streaming.metrics import PipelineMetrics, ProgressListener
+from streaming.spark import build_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+log = logging.getLogger(__name__)
+LAYERS = ("bronze",)
+
+Starter = Callable[["SparkSession", Config, bool], list["StreamingQuery"]]
+
+
+def _start_bronze(spark: SparkSession, config: Config, once: bool) -> list[StreamingQuery]:
+    return [bronze.start_bronze(spark, config, entity, once) for entity in ENTITIES]
+
+
+STARTERS: dict[str, Starter] = {"bronze": _start_bronze}
+
+
+def run(config: Config, layer: str, once: bool) -> None:
+    layers = list(LAYERS) if layer == "all" else [layer]
+    preflight(config)
+    spark = build_spark(config, app_name=f"lakehouse-{layer}")
+    metrics = PipelineMetrics()
+    metrics.serve(config.metrics_port)
+    listener = ProgressListener(metrics)
+    spark.streams.addListener(listener)
+    queries: list[StreamingQuery] = []
+    try:
+        for name in layers:
+            queries.extend(STARTERS[name](spark, config, once))
+        log.info("started %s", ", ".join(q.name for q in queries))
+        if once:
+            _await_all(queries)
+        else:
+            _await_stop(spark, queries)
+    finally:
+        for query in queries:
+            if query.isActive:
+                query.stop()
+        # Detach before the JVM goes: it must not call back into a Python that has exited.
+        spark.streams.removeListener(listener)
+    for query in queries:
+        log.info("%s: %d rows in this run", query.name, _rows_processed(query))
+    spark.stop()
+
+
+def _rows_processed(query: StreamingQuery) -> int:
+    return sum(progress["numInputRows"] for progress in query.recentProgress)
+
+
+def preflight(config: Config) -> None:
+    """Fail with one clear line before any stream starts."""
+    jars.require(config.jars_dir, "spark")
+    for setting, location in (
+        ("LAKEHOUSE_ROOT", config.root),
+        ("LAKEHOUSE_CHECKPOINTS", config.checkpoints),
+    ):
+        if "://" not in location:
+            _require_writable(setting, Path(location))
+    require_topics(config, list(ENTITIES))
+
+
+def _require_writable(setting: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting} {folder} is not writable ({exc.strerror})",
+            hint=f"point {setting} at a folder this user can write",
+        ) from None
+
+
+def _await_all(queries: list[StreamingQuery]) -> None:
+    for query in queries:
+        _await(query)
+
+
+def _await_stop(spark: SparkSession, queries: list[StreamingQuery]) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set():
+        spark.streams.awaitAnyTermination(1)
+        for query in queries:
+            if not query.isActive:
+                _await(query)
+                raise QueryError(f"query {query.name} stopped unexpectedly", query=query.name)
+    log.info("stopping %d queries", len(queries))
+    for query in queries:
+        query.stop()
+
+
+def _await(query: StreamingQuery) -> None:
+    from pyspark.errors import StreamingQueryException
+
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        first_line = str(exc).strip().splitlines()[0][:500]
+        progress = query.lastProgress
+        raise QueryError(
+            f"query {query.name} failed: {first_line}",
+            query=query.name or "",
+            batch_id=progress["batchId"] if progress else None,
+            hint="fix the cause and run again: the checkpoint resumes where it stopped",
+        ) from None
