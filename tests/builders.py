@@ -1,0 +1,85 @@
+"""Small builders for test data: hand-made Kafka payloads and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from streaming.config import Config
+
+LAKEHOUSE = [sys.executable, "-m", "streaming.cli"]
+
+
+def lakehouse(
+    *args: str, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the `lakehouse` command as a user would, capturing its output."""
+    return subprocess.run(
+        [*LAKEHOUSE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def broken_payloads() -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    """(key, value, headers) triples that Bronze must store byte for byte."""
+    oversized = json.dumps({"vehicle_id": "AB123456", "pad": "x" * 200_000}).encode()
+    return [
+        (b"AB123456", b'{"vehicle_id": "AB123456", "battery_le', []),
+        (b"AB123456", b"\xff\xfe\x00not utf-8 \xc3\x28", [("content-type", b"application/json")]),
+        (b"AB123456", b"", []),
+        (None, b'{"event_id": null}', []),
+        (b"AB123456", None, []),
+        (b"\x00\x01", b"\x01\x00\x00\x00\x01garbage-avro", [("content-type", b"avro/binary")]),
+        (b"AB123456", b"\x00\x00\x00\x03\xe7\x02\x04", []),
+        (b"AB123456", oversized, [("trace", b"\x00\xff"), ("trace", b"dup-header-key")]),
+        (b"AB123456", b"[1, 2, 3]", []),
+    ]
+
+
+Acked = tuple[str, int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+def publish(
+    config: Config, entity: str, messages: list[tuple[bytes | None, bytes | None, list]]
+) -> list[Acked]:
+    """Publish raw messages; return (topic, partition, offset, key, value, headers) as acked.
+
+    Taken from the delivery reports themselves: reports of different partitions interleave, so
+    the order of `messages` says nothing about which offset each one got.
+    """
+    producer = Producer({**config.kafka.client_options(), "enable.idempotence": True})
+    acked: list[Acked] = []
+
+    def on_delivery(headers, error, message):  # type: ignore[no-untyped-def]
+        # Delivery reports carry no headers: the sent ones travel with the callback.
+        assert error is None, error
+        acked.append(
+            (
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.value(),
+                headers,
+            )
+        )
+
+    for key, value, headers in messages:
+        producer.produce(
+            config.topic(entity).name,
+            key=key,
+            value=value,
+            headers=headers,
+            on_delivery=lambda error, message, sent=headers: on_delivery(sent, error, message),
+        )
+    assert producer.flush(30) == 0
+    return acked
+
+
+def write_ledger(path: Path, acked: list[Acked], kind: str = "valid") -> Path:
+    lines = ["topic,partition,offset,kind", *(f"{a[0]},{a[1]},{a[2]},{kind}" for a in acked)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,109 @@
+"""Shared fixtures: one real Kafka broker and one real SparkSession for the whole run.
+
+The broker is a testcontainers Kafka container where a Docker daemon answers (a laptop) and the
+project's own local KRaft broker otherwise (CI here). Both paths yield a bootstrap address, and
+every test gets its own topic prefix and folders, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streaming.config import Config, load_config
+from streaming.kafka import broker
+from streaming.kafka.admin import create_topics
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # no daemon, no socket, no client: use the local broker
+        return False
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if _docker_answers():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+        return
+    port, controller_port = _free_ports(2)
+    local = load_config(
+        {
+            "LAKEHOUSE_KAFKA_PORT": str(port),
+            "LAKEHOUSE_KAFKA_CONTROLLER_PORT": str(controller_port),
+            "LAKEHOUSE_KAFKA_DIR": str(tmp_path_factory.mktemp("kafka")),
+        }
+    )
+    broker.start(local.broker, local.jars_dir)
+    try:
+        yield local.kafka.bootstrap_servers
+    finally:
+        broker.stop(local.broker)
+
+
+def lake_env(root: Path, bootstrap: str, prefix: str) -> dict[str, str]:
+    """The environment a `lakehouse` process of one test runs with."""
+    return {
+        "LAKEHOUSE_ROOT": str(root / "lakehouse"),
+        "LAKEHOUSE_CHECKPOINTS": str(root / "checkpoints"),
+        "LAKEHOUSE_TOPIC_PREFIX": prefix,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "LAKEHOUSE_METRICS_PORT": "0",
+        "LAKEHOUSE_DRIVER_MEMORY": "2g",
+        "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
+    }
+
+
+class Lake:
+    """One test's isolated lakehouse: its topics, its tables, its checkpoints."""
+
+    def __init__(self, root: Path, bootstrap: str) -> None:
+        self.root = root
+        self.prefix = f"t{uuid.uuid4().hex[:8]}."
+        self.env = lake_env(root, bootstrap, self.prefix)
+        self.config: Config = load_config(self.env)
+
+    def process_env(self, **overrides: str) -> dict[str, str]:
+        return {**os.environ, **self.env, **overrides}
+
+
+@pytest.fixture
+def lake(tmp_path: Path, kafka_bootstrap: str) -> Lake:
+    created = Lake(tmp_path, kafka_bootstrap)
+    create_topics(created.config)
+    return created
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from streaming.spark import build_spark
+
+    base = tmp_path_factory.mktemp("spark")
+    config = load_config(lake_env(base, "127.0.0.1:1", "unused."))
+    session = build_spark(config, app_name="lakehouse-tests")
+    yield session
+    session.stop()

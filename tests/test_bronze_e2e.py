@@ -1,0 +1,167 @@
+"""End to end on the real broker: producer ledger == Bronze, exactly, also across a kill -9."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from streaming import bronze
+from streaming.config import ENTITIES
+from streaming.simulator.producer import ProduceOptions, run_producer
+from streaming.verify import check_bronze
+from tests.builders import LAKEHOUSE, broken_payloads, lakehouse, publish, write_ledger
+
+pytestmark = pytest.mark.e2e
+
+
+def _produce_corpus(lake, tmp_path: Path) -> list[Path]:  # type: ignore[no-untyped-def]
+    """>= 100k telemetry events plus every other topic, with duplicates and malformed payloads."""
+    telemetry = tmp_path / "telemetry.ledger"
+    report = run_producer(
+        lake.config,
+        "telemetry",
+        ProduceOptions(
+            rate=math.inf, count=100_000, duplicates=0.01, malformed=0.01, ledger=telemetry
+        ),
+    )
+    assert report.acked == 100_000 and report.failed == 0
+    mixed = tmp_path / "all.ledger"
+    report = run_producer(
+        lake.config,
+        "all",
+        ProduceOptions(
+            rate=math.inf, count=5_000, duplicates=0.02, malformed=0.05, late=0.02, ledger=mixed
+        ),
+    )
+    assert report.acked == 5_000 and report.failed == 0
+    return [telemetry, mixed]
+
+
+def test_ledger_equals_bronze_after_run_once(lake, spark, tmp_path: Path) -> None:
+    ledgers = _produce_corpus(lake, tmp_path)
+
+    run = lakehouse("run", "bronze", "--once", env=lake.process_env())
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    result = check_bronze(spark, lake.config, ledgers)
+    assert (result.missing, result.duplicated, result.unexpected) == (0, 0, 0)
+    assert result.ledger_rows == result.bronze_rows == 105_000
+    assert set(result.by_topic) == {lake.config.topic(e).name for e in ENTITIES}
+
+    verify = lakehouse("verify", *[f"--ledger={p}" for p in ledgers], env=lake.process_env())
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    assert '"missing": 0' in verify.stdout and '"duplicated": 0' in verify.stdout
+
+    again = lakehouse("run", "bronze", "--once", env=lake.process_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert check_bronze(spark, lake.config, ledgers).bronze_rows == 105_000
+
+
+def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
+    lake, spark, tmp_path: Path
+) -> None:
+    ledgers = _produce_corpus(lake, tmp_path)
+    env = lake.process_env(
+        LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER="4000", LAKEHOUSE_TRIGGER_INTERVAL="0 seconds"
+    )
+    stream = subprocess.Popen(
+        [*LAKEHOUSE, "run", "bronze"], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = Path(lake.config.table_path("bronze", "telemetry")) / "_delta_log"
+    try:
+        _wait_for(lambda: len(list(log.glob("*.json"))) >= 3, stream, timeout_s=240)
+        # A random moment inside the run: somewhere in the next few micro-batches.
+        time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
+        assert stream.poll() is None, "the stream ended before it could be killed"
+        os.killpg(stream.pid, signal.SIGKILL)
+        stream.wait(timeout=30)
+    finally:
+        if stream.poll() is None:
+            os.killpg(stream.pid, signal.SIGKILL)
+    partial = check_bronze(spark, lake.config, ledgers)
+    assert 0 < partial.bronze_rows < partial.ledger_rows, "the kill did not land mid-run"
+    assert partial.duplicated == 0
+
+    restart = lakehouse("run", "bronze", "--once", env=lake.process_env())
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    result = check_bronze(spark, lake.config, ledgers)
+    assert (result.missing, result.duplicated, result.unexpected) == (0, 0, 0)
+    assert result.bronze_rows == result.ledger_rows == 105_000
+
+
+def test_malformed_payloads_land_in_bronze_unchanged(lake, spark) -> None:
+    messages = broken_payloads()
+    acked = publish(lake.config, "telemetry", messages)
+
+    query = bronze.start_bronze(spark, lake.config, "telemetry", once=True)
+    query.awaitTermination()
+
+    stored = spark.read.format("delta").load(lake.config.table_path("bronze", "telemetry"))
+    expected = spark.createDataFrame(
+        [(t, p, o, k, v, [(hk, hv) for hk, hv in h] or None) for t, p, o, k, v, h in acked],
+        "_kafka_topic STRING, _kafka_partition INT, _kafka_offset LONG, key BINARY, value BINARY, "
+        "headers ARRAY<STRUCT<key: STRING, value: BINARY>>",
+    )
+    assert stored.count() == len(messages)
+    assertDataFrameEqual(_fingerprint(stored), _fingerprint(expected))
+
+
+def _fingerprint(frame):  # type: ignore[no-untyped-def]
+    """Coordinates, key, headers and a SHA-256 of the value: byte-exact, readable on failure."""
+    return frame.select(
+        "_kafka_topic", "_kafka_partition", "_kafka_offset", "key",
+        F.sha2("value", 256).alias("value_sha256"), F.length("value").alias("value_bytes"),
+        F.when(F.size("headers") > 0, F.col("headers")).alias("headers"),
+    )  # fmt: skip
+
+
+def test_oracle_fails_when_a_bronze_row_is_removed_or_duplicated(
+    lake, spark, tmp_path: Path
+) -> None:
+    from delta.tables import DeltaTable
+
+    acked = publish(
+        lake.config, "bookings", [(b"k", f'{{"n": {i}}}'.encode(), []) for i in range(50)]
+    )
+    ledger = write_ledger(tmp_path / "bookings.ledger", acked)
+    query = bronze.start_bronze(spark, lake.config, "bookings", once=True)
+    query.awaitTermination()
+    assert check_bronze(spark, lake.config, [ledger]).ok
+
+    path = lake.config.table_path("bronze", "bookings")
+    topic, partition, offset = acked[7][:3]
+    victim = (F.col("_kafka_partition") == partition) & (F.col("_kafka_offset") == offset)
+    copy = spark.read.format("delta").load(path).where(victim)
+    copy.write.format("delta").mode("append").save(path)
+    duplicated = check_bronze(spark, lake.config, [ledger])
+    assert (duplicated.missing, duplicated.duplicated, duplicated.ok) == (0, 1, False)
+
+    DeltaTable.forPath(spark, path).delete(victim)
+    removed = check_bronze(spark, lake.config, [ledger])
+    assert (removed.missing, removed.duplicated, removed.ok) == (1, 0, False)
+
+    verify = lakehouse("verify", f"--ledger={ledger}", env=lake.process_env())
+    assert verify.returncode == 6
+    assert '"missing": 1' in verify.stdout
+    assert "1 missing, 0 duplicated" in verify.stderr
+
+
+def _wait_for(condition, process: subprocess.Popen[str], timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    """Poll an external process's progress (a stream has no callback into the test)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"stream exited early: {process.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the stream to make progress")
+        time.sleep(0.2)
