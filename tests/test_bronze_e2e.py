@@ -139,7 +139,7 @@ def test_oracle_fails_when_a_bronze_row_is_removed_or_duplicated(
     assert check_bronze(spark, lake.config, [ledger]).ok
 
     path = lake.config.table_path("bronze", "bookings")
-    topic, partition, offset = acked[7][:3]
+    _, partition, offset = acked[7][:3]
     victim = (F.col("_kafka_partition") == partition) & (F.col("_kafka_offset") == offset)
     copy = spark.read.format("delta").load(path).where(victim)
     copy.write.format("delta").mode("append").save(path)

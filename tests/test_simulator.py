@@ -9,15 +9,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 
 from streaming.config import load_config
 from streaming.errors import BrokerError, ConfigError
+from streaming.kafka.admin import require_topics
 from streaming.schemas import MessageSchema, decode_avro, load_schemas, schemas_by_id
 from streaming.simulator.events import EventFactory, Record
 from streaming.simulator.fleet import AVAILABLE, CHARGING, IN_USE, Fleet
 from streaming.simulator.malformed import MALFORMED_KINDS, corrupt, kinds_for
-from streaming.simulator.producer import ProduceOptions, check_broker, validate_options
+from streaming.simulator.producer import ProduceOptions, validate_options
 from streaming.simulator.stream import MessageStream
 from streaming.simulator.zones import ZoneIndex, load_zones
 
@@ -247,6 +247,5 @@ def test_unknown_topic_is_a_config_error() -> None:
 
 def test_unreachable_broker_is_a_broker_error() -> None:
     config = load_config(env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
-    producer = Producer(config.kafka.client_options())
     with pytest.raises(BrokerError, match="lakehouse kafka start"):
-        check_broker(producer, [config.topic("telemetry").name], timeout_s=1.0)
+        require_topics(config, ["telemetry"], timeout_s=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
@@ -15,7 +16,8 @@ _CLIENT_LOG = logging.getLogger("streaming.kafka.client")
 
 
 def admin_client(kafka: KafkaConfig) -> AdminClient:
-    return AdminClient({**kafka.client_options(), "logger": _CLIENT_LOG})
+    options: dict[str, Any] = {**kafka.client_options(), "logger": _CLIENT_LOG}
+    return AdminClient(options)
 
 
 def cluster_metadata(kafka: KafkaConfig, timeout_s: float = 10.0) -> ClusterMetadata:

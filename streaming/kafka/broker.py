@@ -51,7 +51,10 @@ def start(broker: LocalBrokerConfig, jars_dir: Path) -> str:
         )  # fmt: skip
     _pid_file(broker).write_text(str(process.pid))
     _wait_ready(broker, process)
-    return f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}, data in {broker.data_dir}"
+    return (
+        f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}, "
+        f"data in {broker.data_dir}"
+    )
 
 
 def stop(broker: LocalBrokerConfig) -> str:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 
 from streaming.config import ENTITIES, Config
-from streaming.errors import BrokerError, ConfigError
+from streaming.errors import ConfigError
+from streaming.kafka.admin import require_topics
 from streaming.simulator.stream import FORMATS, Message, MessageStream
 
 PROGRESS_EVERY_S = 2.0
@@ -87,10 +88,10 @@ def run_producer(
 ) -> ProduceReport:
     """Send `options.count` messages (all topics mixed for entity "all") and report."""
     validate_options(entity, options)
-    entities = ENTITIES if entity == "all" else (entity,)
+    entities = list(ENTITIES) if entity == "all" else [entity]
+    require_topics(config, entities)
     topics = {e: config.topic(e).name for e in entities}
     producer = Producer(_producer_options(config))
-    check_broker(producer, list(topics.values()))
     stream = MessageStream(
         entity,
         options.format,
@@ -126,22 +127,6 @@ def _producer_options(config: Config) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 1_048_576,
         "message.max.bytes": 1_000_000,
     }
-
-
-def check_broker(producer: Producer, topics: list[str], timeout_s: float = 10.0) -> None:
-    """Fail fast with a one-line reason when the broker or a topic is missing."""
-    try:
-        metadata = producer.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"Kafka broker unreachable: {exc.args[0]}", hint="start it with lakehouse kafka start"
-        ) from None
-    missing = [t for t in topics if t not in metadata.topics]
-    if missing:
-        raise BrokerError(
-            f"topic(s) {', '.join(missing)} do not exist",
-            hint="create topics with lakehouse topics create",
-        )
 
 
 class _Tracker:

@@ -1,0 +1,49 @@
+# The one command surface. `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RATE   ?= 5000
+export LAKEHOUSE_KAFKA_DIR ?= $(CURDIR)/.kafka
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run stop test lint bench clean
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null || { echo "error: Java 17 is required (install OpenJDK 17)"; exit 3; }
+	@command -v mvn >/dev/null || { echo "error: Maven is required to fetch the JVM jars"; exit 3; }
+	@echo "setting up $(VENV): installing the package and its pinned dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create the venv, install the package, fetch the JVM jars (idempotent)
+	@echo "python environment up to date: $(VENV)"
+	@$(BIN)/python -m streaming.jars fetch
+
+run: setup ## local broker + fleet simulator on every topic + the streams (Ctrl-C stops)
+	@$(BIN)/lakehouse kafka start
+	@$(BIN)/lakehouse topics create
+	@echo "simulator: $(RATE) msg/s over every topic (log: $(LAKEHOUSE_KAFKA_DIR)/producer.log)"
+	@bash -c 'trap "kill \$$producer 2>/dev/null; wait" EXIT; \
+	  $(BIN)/lakehouse produce all --rate $(RATE) --count 0 --ledger demo.ledger \
+	    2> "$(LAKEHOUSE_KAFKA_DIR)/producer.log" & producer=$$!; \
+	  $(BIN)/lakehouse run all'
+
+stop: ## stop the local broker
+	@$(BIN)/lakehouse kafka stop
+
+test: setup ## the whole suite against the real broker and Spark
+	$(BIN)/pytest
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check streaming tests
+	$(BIN)/ruff format --check streaming tests
+	$(BIN)/mypy streaming
+
+clean: ## remove local tables, checkpoints and broker data (not the venv or jars)
+	rm -rf lakehouse checkpoints .kafka demo.ledger
