@@ -129,3 +129,39 @@ def _json_default(value: Any) -> Any:
 def encode_json(record: Mapping[str, Any]) -> bytes:
     """Compact JSON; timestamps (aware datetimes) as ISO-8601 strings carrying their offset."""
     return json.dumps(record, separators=(",", ":"), default=_json_default).encode("utf-8")
+
+
+def spark_fields(schema: MessageSchema) -> dict[str, tuple[Any, bool]]:
+    """{field: (Spark data type, nullable)} derived from the Avro contract.
+
+    Silver's typed columns come from here, so the `.avsc` stays the one source of truth.
+    """
+    return {f["name"]: _spark_type(f["type"]) for f in schema.raw["fields"]}
+
+
+def _spark_type(avro: Any) -> tuple[Any, bool]:
+    from pyspark.sql import types as T
+
+    if isinstance(avro, list):
+        branches = [b for b in avro if b != "null"]
+        if len(branches) != 1:
+            raise ConfigError(f"union {avro} is not supported: use [\"null\", <type>]")
+        return _spark_type(branches[0])[0], True
+    if isinstance(avro, dict):
+        if avro.get("logicalType") == "timestamp-millis":
+            return T.TimestampType(), False
+        if avro.get("type") == "map":
+            return T.MapType(T.StringType(), _spark_type(avro["values"])[0]), False
+        return _spark_type(avro["type"])
+    primitives = {
+        "string": T.StringType(),
+        "double": T.DoubleType(),
+        "float": T.FloatType(),
+        "int": T.IntegerType(),
+        "long": T.LongType(),
+        "boolean": T.BooleanType(),
+        "bytes": T.BinaryType(),
+    }
+    if avro not in primitives:
+        raise ConfigError(f"Avro type {avro!r} is not supported in a contract")
+    return primitives[avro], False

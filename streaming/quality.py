@@ -1,0 +1,90 @@
+"""Data-quality rules: Great-Expectations-named expectations compiled to Spark column expressions.
+
+Each rule turns (column, parameters) into a boolean Column that is true where a row passes.
+Like Great Expectations, every rule but `expect_column_values_to_not_be_null` lets nulls pass:
+presence is its own rule. No per-row Python, no collection to the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+ACTIONS = ("warn", "quarantine", "fail")
+
+
+@dataclass(frozen=True)
+class Rule:
+    required: frozenset[str]
+    optional: frozenset[str]
+    build: Callable[[Column, Mapping[str, Any]], Column]
+
+    def check(self, params: Mapping[str, Any]) -> None:
+        missing = self.required - set(params)
+        unknown = set(params) - self.required - self.optional
+        if missing:
+            raise ValueError(f"missing parameter(s) {sorted(missing)}")
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}")
+
+
+def _not_null(column: Column, _: Mapping[str, Any]) -> Column:
+    return column.isNotNull()
+
+
+def _in_set(column: Column, params: Mapping[str, Any]) -> Column:
+    return column.isNull() | column.isin(list(params["value_set"]))
+
+
+def _between(column: Column, params: Mapping[str, Any]) -> Column:
+    passes = column.isNull() | ~F.isnan(column.cast("double"))
+    if "min_value" in params:
+        low = F.lit(params["min_value"])
+        passes = passes & (column > low if params.get("strict_min") else column >= low)
+    if "max_value" in params:
+        high = F.lit(params["max_value"])
+        passes = passes & (column < high if params.get("strict_max") else column <= high)
+    return column.isNull() | passes
+
+
+def _regex(column: Column, params: Mapping[str, Any]) -> Column:
+    return column.isNull() | column.rlike(params["regex"])
+
+
+def _not_in_future(column: Column, params: Mapping[str, Any]) -> Column:
+    tolerance = F.expr(f"INTERVAL {_interval(params.get('tolerance', '0 seconds'))}")
+    return column.isNull() | (column <= F.current_timestamp() + tolerance)
+
+
+def _lengths_between(column: Column, params: Mapping[str, Any]) -> Column:
+    return _between(F.length(column), params)
+
+
+def _interval(text: str) -> str:
+    amount, unit = str(text).split()
+    return f"{int(amount)} {unit.rstrip('s').upper()}"
+
+
+RULES: dict[str, Rule] = {
+    "expect_column_values_to_not_be_null": Rule(frozenset(), frozenset(), _not_null),
+    "expect_column_values_to_be_in_set": Rule(frozenset({"value_set"}), frozenset(), _in_set),
+    "expect_column_values_to_be_between": Rule(
+        frozenset(), frozenset({"min_value", "max_value", "strict_min", "strict_max"}), _between
+    ),
+    "expect_column_values_to_match_regex": Rule(frozenset({"regex"}), frozenset(), _regex),
+    "expect_column_values_to_not_be_in_future": Rule(
+        frozenset(), frozenset({"tolerance"}), _not_in_future
+    ),
+    "expect_column_value_lengths_to_be_between": Rule(
+        frozenset(), frozenset({"min_value", "max_value"}), _lengths_between
+    ),
+}
+
+
+def passes(rule: str, column: Column, params: Mapping[str, Any]) -> Column:
+    """The Column that is true where a row satisfies `rule` (never null)."""
+    return F.coalesce(RULES[rule].build(column, params), F.lit(False))
