@@ -37,6 +37,21 @@ BRONZE_COLUMNS = (
 )
 
 
+# The Kafka source's columns: Bronze's schema derives from them (an empty table can be created
+# before the first record arrives, so Silver can start on a quiet topic).
+KAFKA_SCHEMA = (
+    "key BINARY, value BINARY, topic STRING, partition INT, offset LONG, timestamp TIMESTAMP, "
+    "timestampType INT, headers ARRAY<STRUCT<key: STRING, value: BINARY>>"
+)
+
+
+def ensure_bronze_table(spark: SparkSession, config: Config, entity: str) -> None:
+    from streaming.tables import ensure_table
+
+    empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
+    ensure_table(spark, config.table_path(LAYER, entity), empty.schema, PARTITION_COLUMNS)
+
+
 def to_bronze(kafka_records: DataFrame) -> DataFrame:
     """Kafka source rows -> Bronze rows. Pure: works on a batch or a streaming DataFrame."""
     kafka_time = F.col("timestamp")
@@ -79,6 +94,7 @@ def read_topic(spark: SparkSession, config: Config, entity: str) -> DataFrame:
 def start_bronze(spark: SparkSession, config: Config, entity: str, once: bool) -> StreamingQuery:
     """Wire `to_bronze` into the named query `bronze.<entity>` and start it."""
     name = query_name(entity)
+    ensure_bronze_table(spark, config, entity)
     bronze = to_bronze(read_topic(spark, config, entity)).observe(
         name,
         F.max("_kafka_timestamp").alias("max_kafka_timestamp"),

@@ -83,22 +83,16 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 def _verify(config: Config, args: argparse.Namespace) -> int:
     from streaming.spark import build_spark
-    from streaming.verify import check_bronze
+    from streaming.verify import run_checks
 
-    if not args.ledger:
-        raise LakehouseError("nothing to verify", hint="pass --ledger FILE (from produce)")
     spark = build_spark(config, app_name="lakehouse-verify")
-    result = check_bronze(spark, config, args.ledger)
-    report = {"bronze": result.as_dict(), "ok": result.ok}
-    text = json.dumps(report, indent=2, sort_keys=True)
+    report = run_checks(spark, config, args.ledger or [])
+    text = json.dumps(report, indent=2, sort_keys=True, default=str)
     print(text)
     if args.report:
         args.report.write_text(text + "\n")
     if not report["ok"]:
-        raise VerificationFailed(
-            f"Bronze does not match the ledger: {result.missing} missing, "
-            f"{result.duplicated} duplicated"
-        )
+        raise VerificationFailed("; ".join(report["violations"]))
     return 0
 
 
@@ -134,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     produce.set_defaults(handler=_produce)
 
     run = commands.add_parser("run", help="run streaming queries")
-    run.add_argument("layer", choices=["bronze", "all"])
+    run.add_argument("layer", choices=["bronze", "silver", "all"])
     run.add_argument("--once", action="store_true", help="process what is available, then exit")
     run.set_defaults(handler=_run)
 

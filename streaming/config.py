@@ -113,6 +113,7 @@ class StreamConfig:
     max_offsets_per_trigger: int | None = 500_000
     fail_on_data_loss: bool = True
     starting_offsets: str = "earliest"
+    max_files_per_trigger: int = 1000
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,18 @@ class Config:
     stream: StreamConfig
     spark: SparkConfig
     metrics_port: int
+    pii_key: Secret | None = None
+    geofences_file: Path = PROJECT_DIR / "data" / "nyc" / "taxi_zones.geojson"
+
+    def require_pii_key(self) -> Secret:
+        """The HMAC key for PII tokens; Silver refuses to start without one."""
+        if self.pii_key is None or len(self.pii_key.reveal()) < 16:
+            raise ConfigError(
+                "LAKEHOUSE_PII_KEY is not set (or shorter than 16 characters)",
+                hint="set it to a long random secret, e.g. `export LAKEHOUSE_PII_KEY=$(openssl "
+                "rand -hex 32)`; keep it stable, tokens change with it",
+            )
+        return self.pii_key
 
     def topic(self, entity: str) -> TopicConfig:
         for topic in self.topics:
@@ -213,6 +226,9 @@ def load_config(
         starting_offsets=settings.text(
             "LAKEHOUSE_STARTING_OFFSETS", ("stream", "starting_offsets"), "earliest"
         ),
+        max_files_per_trigger=settings.integer(
+            "LAKEHOUSE_MAX_FILES_PER_TRIGGER", ("stream", "max_files_per_trigger"), 1000
+        ),
     )
     spark = SparkConfig(
         master=settings.text("LAKEHOUSE_SPARK_MASTER", ("spark", "master"), "local[*]"),
@@ -238,6 +254,18 @@ def load_config(
         stream=stream,
         spark=spark,
         metrics_port=settings.integer("LAKEHOUSE_METRICS_PORT", ("metrics_port",), 9464),
+        pii_key=Secret(pii)
+        if (pii := settings.text("LAKEHOUSE_PII_KEY", ("pii_key",), ""))
+        else None,
+        geofences_file=Path(
+            settings.text(
+                "LAKEHOUSE_GEOFENCES",
+                ("geofences_file",),
+                str(PROJECT_DIR / "data" / "nyc" / "taxi_zones.geojson"),
+            )
+        )
+        .expanduser()
+        .resolve(),
     )
 
 

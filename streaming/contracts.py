@@ -148,9 +148,7 @@ class _Checker:
 
     def _column(self, name: str, known: set[str], where: str) -> str:
         if name not in known:
-            raise self.fail(
-                f"{where} names unknown column '{name}'", f"use one of {sorted(known)}"
-            )
+            raise self.fail(f"{where} names unknown column '{name}'", f"use one of {sorted(known)}")
         return name
 
     def _duration(self, text: str, where: str) -> int:
@@ -159,7 +157,9 @@ class _Checker:
             raise self.fail(f"{where} '{text}' is not a duration", "write e.g. '10 minutes'")
         return int(match.group(1)) * _UNITS[match.group(2)]
 
-    def _expectations(self, fields: Mapping[str, Any], columns: set[str]) -> tuple[Expectation, ...]:
+    def _expectations(
+        self, fields: Mapping[str, Any], columns: set[str]
+    ) -> tuple[Expectation, ...]:
         explicit = [self._expectation(e, columns) for e in self.raw.get("expectations", [])]
         ids = [e.id for e in explicit]
         if len(set(ids)) != len(ids):

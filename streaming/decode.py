@@ -111,7 +111,7 @@ def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
                 "decode.avro_body",
                 f"Avro body does not match schema id {contract.schema.schema_id}",
             ),
-        )  # fmt: skip
+        )
         .when(
             ~avro & F.col("_first_byte").isin(*_CONTROL_BYTES),
             _rejection(

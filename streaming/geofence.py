@@ -37,7 +37,9 @@ GEOFENCE_SCHEMA = (
 # Overlap boxes come from a GEOS overlay whose vertices may be rounded; a 1e-7 degree (~1 cm)
 # margin keeps every overlapping point inside its box while the flagged area stays negligible.
 _OVERLAP_MARGIN = 1e-7
-_FIX = "restore data/nyc/taxi_zones.geojson from the repository or point to a TLC taxi zones file"
+_FIX = (
+    "set LAKEHOUSE_GEOFENCES to a TLC taxi zones GeoJSON file (default data/nyc/taxi_zones.geojson)"
+)
 # Internal column names, unlikely to collide with a caller's columns; dropped before returning.
 _PT, _ZID, _ZNAME, _GEOM, _OVERLAP = "__gf_pt", "__gf_zid", "__gf_zname", "__gf_geom", "__gf_ovl"
 _UNSETTLED, _FIRST_CONTAINS, _BEST = "__gf_unsettled", "__gf_first_contains", "__gf_best"

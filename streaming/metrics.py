@@ -62,6 +62,19 @@ class PipelineMetrics:
             q,
             registry=r,
         )
+        e = ["entity", "outcome"]
+        self.silver_rows = Counter(
+            "lakehouse_silver_rows",
+            "Bronze rows by Silver outcome (valid, duplicate, decode, schema, rule, late)",
+            e,
+            registry=r,
+        )
+        self.rule_failures = Counter(
+            "lakehouse_quality_rule_failures",
+            "Rows failing an expectation (quarantined or warned)",
+            ["entity", "rule"],
+            registry=r,
+        )
         self._newest: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -93,6 +106,24 @@ class PipelineMetrics:
                     self._newest[name] = newest.timestamp()
                     self.newest_timestamp.labels(name).set(newest.timestamp())
                     self.freshness.labels(name).set_function(self._freshness_of(name))
+
+    def record_silver(self, query: str, counts: dict[str, Any]) -> None:
+        """Called by the Silver writer after each batch with its accounting."""
+        entity = query.partition(".")[2]
+        self.silver_rows.labels(entity, "valid").inc(counts["valid"])
+        self.silver_rows.labels(entity, "duplicate").inc(counts["duplicate"])
+        for stage, count in counts["stages"].items():
+            self.silver_rows.labels(entity, stage).inc(count)
+        for rule, count in counts["rules"].items():
+            self.rule_failures.labels(entity, rule).inc(count)
+        log.info(
+            "%s: %d rows -> %d valid, %d duplicate, quarantined %s",
+            query,
+            counts["bronze"],
+            counts["valid"],
+            counts["duplicate"],
+            counts["stages"] or "none",
+        )
 
     def _freshness_of(self, name: str) -> Any:
         return lambda: time.time() - self._newest.get(name, math.nan)

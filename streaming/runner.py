@@ -12,7 +12,7 @@ import logging
 import signal
 import tempfile
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError, QueryError
 from streaming.kafka.admin import require_topics
 from streaming.metrics import PipelineMetrics, ProgressListener
+from streaming.silver.query import SilverInputs, check_inputs, start_silver
 from streaming.spark import build_spark
 
 if TYPE_CHECKING:
@@ -28,21 +29,19 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
 log = logging.getLogger(__name__)
-LAYERS = ("bronze",)
-
-Starter = Callable[["SparkSession", Config, bool], list["StreamingQuery"]]
+LAYERS = ("bronze", "silver")
 
 
-def _start_bronze(spark: SparkSession, config: Config, once: bool) -> list[StreamingQuery]:
-    return [bronze.start_bronze(spark, config, entity, once) for entity in ENTITIES]
+@dataclass(frozen=True)
+class Plan:
+    """What one `run` starts, with every input checked before Spark starts."""
 
-
-STARTERS: dict[str, Starter] = {"bronze": _start_bronze}
+    layers: list[str]
+    silver: SilverInputs | None
 
 
 def run(config: Config, layer: str, once: bool) -> None:
-    layers = list(LAYERS) if layer == "all" else [layer]
-    preflight(config)
+    plan = preflight(config, list(LAYERS) if layer == "all" else [layer])
     spark = build_spark(config, app_name=f"lakehouse-{layer}")
     metrics = PipelineMetrics()
     metrics.serve(config.metrics_port)
@@ -50,12 +49,13 @@ def run(config: Config, layer: str, once: bool) -> None:
     spark.streams.addListener(listener)
     queries: list[StreamingQuery] = []
     try:
-        for name in layers:
-            queries.extend(STARTERS[name](spark, config, once))
-        log.info("started %s", ", ".join(q.name for q in queries))
-        if once:
-            _await_all(queries)
-        else:
+        for name in plan.layers:
+            started = _start_layer(spark, config, plan, name, once, metrics)
+            queries.extend(started)
+            log.info("started %s", ", ".join(q.name or "" for q in started))
+            if once:  # --once drains layer by layer, so each sees all its input
+                _await_all(started)
+        if not once:
             _await_stop(spark, queries)
     finally:
         for query in queries:
@@ -72,8 +72,23 @@ def _rows_processed(query: StreamingQuery) -> int:
     return sum(progress["numInputRows"] for progress in query.recentProgress)
 
 
-def preflight(config: Config) -> None:
+def _start_layer(
+    spark: SparkSession,
+    config: Config,
+    plan: Plan,
+    layer: str,
+    once: bool,
+    metrics: PipelineMetrics,
+) -> list[StreamingQuery]:
+    if layer == "bronze":
+        return [bronze.start_bronze(spark, config, entity, once) for entity in ENTITIES]
+    assert plan.silver is not None
+    return start_silver(spark, config, plan.silver, once, metrics.record_silver)
+
+
+def preflight(config: Config, layers: list[str]) -> Plan:
     """Fail with one clear line before any stream starts."""
+    silver = check_inputs(config) if "silver" in layers else None
     jars.require(config.jars_dir, "spark")
     for setting, location in (
         ("LAKEHOUSE_ROOT", config.root),
@@ -81,7 +96,9 @@ def preflight(config: Config) -> None:
     ):
         if "://" not in location:
             _require_writable(setting, Path(location))
-    require_topics(config, list(ENTITIES))
+    if "bronze" in layers:
+        require_topics(config, list(ENTITIES))
+    return Plan(layers, silver)
 
 
 def _require_writable(setting: str, folder: Path) -> None:

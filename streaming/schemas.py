@@ -145,7 +145,7 @@ def _spark_type(avro: Any) -> tuple[Any, bool]:
     if isinstance(avro, list):
         branches = [b for b in avro if b != "null"]
         if len(branches) != 1:
-            raise ConfigError(f"union {avro} is not supported: use [\"null\", <type>]")
+            raise ConfigError(f'union {avro} is not supported: use ["null", <type>]')
         return _spark_type(branches[0])[0], True
     if isinstance(avro, dict):
         if avro.get("logicalType") == "timestamp-millis":

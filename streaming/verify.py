@@ -111,3 +111,101 @@ def check_bronze(spark: SparkSession, config: Config, ledgers: list[Path]) -> Br
         for name in ("ledger_rows", "bronze_rows", "missing", "duplicated", "unexpected")
     }
     return BronzeCheck(**total, by_topic=by_topic)
+
+
+@dataclass(frozen=True)
+class SilverCheck:
+    """Silver's books for one entity: every Bronze row exactly once in one of three places."""
+
+    entity: str
+    bronze_rows: int
+    silver: int
+    quarantined: int
+    duplicates: int
+    missing: int
+    repeated: int
+    unexpected: int
+    unnamed: int
+    by_stage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == self.repeated == self.unexpected == self.unnamed == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_silver(spark: SparkSession, config: Config, entity: str) -> SilverCheck:
+    """bronze rows = silver + quarantined + duplicates, row for row (Kafka coordinates)."""
+    keys = ["_kafka_topic", "_kafka_partition", "_kafka_offset"]
+
+    def load(layer: str, table: str) -> DataFrame:
+        return spark.read.format("delta").load(config.table_path(layer, table))
+
+    quarantine = load("quarantine", entity)
+    placed = (
+        load("silver", entity)
+        .select(*keys, F.lit("silver").alias("place"))
+        .unionByName(quarantine.select(*keys, F.lit("quarantine").alias("place")))
+        .unionByName(
+            load("silver", f"_duplicates/{entity}").select(*keys, F.lit("duplicate").alias("place"))
+        )
+        .groupBy(*keys)
+        .agg(F.count(F.lit(1)).alias("times"), F.first("place").alias("place"))
+    )
+    bronze_keys = load("bronze", entity).select(*keys).withColumn("in_bronze", F.lit(1))
+    joined = bronze_keys.join(placed, keys, "full_outer")
+    totals = joined.agg(
+        F.count("in_bronze").alias("bronze_rows"),
+        F.count(F.when(F.col("place") == "silver", 1)).alias("silver"),
+        F.count(F.when(F.col("place") == "quarantine", 1)).alias("quarantined"),
+        F.count(F.when(F.col("place") == "duplicate", 1)).alias("duplicates"),
+        F.count(F.when(F.col("times").isNull(), 1)).alias("missing"),
+        F.coalesce(F.sum(F.when(F.col("times") > 1, F.col("times") - 1)), F.lit(0)).alias(
+            "repeated"
+        ),
+        F.count(F.when(F.col("in_bronze").isNull(), 1)).alias("unexpected"),
+    ).first()
+    unnamed = quarantine.where(
+        F.col("stage").isNull() | F.col("rule_ids").isNull() | (F.size("rule_ids") == 0)
+    ).count()
+    stages = quarantine.groupBy("stage").count().collect()
+    return SilverCheck(
+        entity=entity,
+        **{k: int(v) for k, v in totals.asDict().items()},  # type: ignore[union-attr]
+        unnamed=unnamed,
+        by_stage={row["stage"]: int(row["count"]) for row in stages},
+    )
+
+
+def run_checks(spark: SparkSession, config: Config, ledgers: list[Path]) -> dict[str, Any]:
+    """Every oracle that applies to what exists: Bronze vs ledgers, Silver's books per entity."""
+    from delta.tables import DeltaTable
+
+    report: dict[str, Any] = {"violations": []}
+    if ledgers:
+        bronze_check = check_bronze(spark, config, ledgers)
+        report["bronze"] = bronze_check.as_dict()
+        if not bronze_check.ok:
+            report["violations"].append(
+                f"Bronze does not match the ledger: {bronze_check.missing} missing, "
+                f"{bronze_check.duplicated} duplicated"
+            )
+    silver_checks = [
+        check_silver(spark, config, entity)
+        for entity in ENTITIES
+        if DeltaTable.isDeltaTable(spark, config.table_path("silver", entity))
+    ]
+    if silver_checks:
+        report["silver"] = {c.entity: c.as_dict() for c in silver_checks}
+    for c in silver_checks:
+        if not c.ok:
+            report["violations"].append(
+                f"silver.{c.entity} books do not close: {c.missing} missing, {c.repeated} "
+                f"repeated, {c.unexpected} unexpected, {c.unnamed} quarantined without a rule"
+            )
+    if not ledgers and not silver_checks:
+        raise ConfigError("nothing to verify", hint="pass --ledger FILE or run Silver first")
+    report["ok"] = not report["violations"]
+    return report

@@ -1,0 +1,122 @@
+"""Wiring: Silver's named streaming queries `silver.<entity>` over the Bronze Delta tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streaming import bronze
+from streaming.config import Config
+from streaming.contracts import Contract, load_contracts
+from streaming.geofence import Zone, read_geofences, read_zones, write_geofences
+from streaming.pii import pads_frame
+from streaming.silver import transform
+from streaming.silver.writer import SilverPaths, SilverWriter
+from streaming.tables import CHANGE_FEED, ensure_table
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+LAYER = "silver"
+MAX_BYTES_PER_TRIGGER = "256m"
+
+
+@dataclass(frozen=True)
+class SilverInputs:
+    """Everything Silver needs that can be wrong on disk, checked before any stream starts."""
+
+    contracts: dict[str, Contract]
+    zones: list[Zone]
+
+
+def check_inputs(config: Config) -> SilverInputs:
+    """Contracts, the PII key and the geofence file: one clear error each, before Spark starts."""
+    config.require_pii_key()
+    return SilverInputs(contracts=load_contracts(), zones=read_zones(config.geofences_file))
+
+
+def query_name(entity: str) -> str:
+    return f"{LAYER}.{entity}"
+
+
+def start_silver(
+    spark: SparkSession, config: Config, inputs: SilverInputs, once: bool, observer: Any = None
+) -> list[StreamingQuery]:
+    zones = _geofences(spark, config, inputs.zones)
+    pads = pads_frame(spark, config.require_pii_key()).cache()
+    return [
+        _start_one(spark, config, contract, zones, pads, once, observer)
+        for contract in inputs.contracts.values()
+    ]
+
+
+def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> DataFrame:
+    from delta.tables import DeltaTable
+
+    path = config.table_path(LAYER, "geofences")
+    if not DeltaTable.isDeltaTable(spark, path):
+        write_geofences(spark, zones, path)
+    return read_geofences(spark, path).cache()
+
+
+def _start_one(
+    spark: SparkSession,
+    config: Config,
+    contract: Contract,
+    zones: DataFrame,
+    pads: DataFrame,
+    once: bool,
+    observer: Any,
+) -> StreamingQuery:
+    entity = contract.entity
+    name = query_name(entity)
+    paths = SilverPaths.of(config, entity)
+    bronze.ensure_bronze_table(spark, config, entity)
+    _ensure_outputs(spark, contract, paths, zones, pads)
+    source = (
+        spark.readStream.format("delta")
+        .option("maxBytesPerTrigger", MAX_BYTES_PER_TRIGGER)
+        .option("maxFilesPerTrigger", str(config.stream.max_files_per_trigger))
+        .load(config.table_path(bronze.LAYER, entity))
+    )
+    writer = (
+        source.writeStream.queryName(name)
+        .option("checkpointLocation", config.checkpoint_path(name))
+        .foreachBatch(SilverWriter(contract, paths, zones, pads, name, observer))
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if once
+        else writer.trigger(processingTime=config.stream.trigger_interval)
+    )
+    return writer.start()
+
+
+def _ensure_outputs(
+    spark: SparkSession, contract: Contract, paths: SilverPaths, zones: DataFrame, pads: DataFrame
+) -> None:
+    """Create every output table (empty) so MERGE targets and Gold's sources always exist."""
+    empty = bronze.to_bronze(spark.createDataFrame([], bronze.KAFKA_SCHEMA))
+    rows = transform.validate(empty, contract)
+    fresh = transform.enrich(rows, contract, zones, pads)
+    ensure_table(
+        spark,
+        paths.silver,
+        transform.silver_rows(fresh, 0).schema,
+        contract.partition_by,
+        CHANGE_FEED,
+    )
+    ensure_table(spark, paths.quarantine, transform.quarantine_rows(rows, 0).schema)
+    _, duplicates = transform.split_duplicates(fresh, contract, None)
+    ensure_table(spark, paths.duplicates, duplicates.withColumn("_batch_id", _long()).schema)
+    if contract.entity == "telemetry":
+        ensure_table(
+            spark, paths.vehicle_state, transform.latest_per_vehicle(fresh).schema, (), CHANGE_FEED
+        )
+
+
+def _long() -> Any:
+    from pyspark.sql import functions as F
+
+    return F.lit(0).cast("long")

@@ -1,0 +1,200 @@
+"""Pure Silver transforms: DataFrame in, DataFrame out, the same in batch and in foreachBatch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import reduce
+from typing import TYPE_CHECKING
+
+from pyspark.sql import Column, Window
+from pyspark.sql import functions as F
+
+from streaming.contracts import Contract
+from streaming.decode import decode
+from streaming.geofence import assign_zones
+from streaming.pii import mask_pii
+from streaming.quality import passes
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+ROW_KEY = ["_kafka_partition", "_kafka_offset"]
+COORDINATES = ["_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp"]
+
+
+def _rule_rejection(failed: Column) -> Column:
+    return F.struct(
+        F.lit("rule").alias("stage"),
+        failed.alias("rule_ids"),
+        F.concat(F.lit("failed: "), F.array_join(failed, ", ")).alias("reason"),
+    )
+
+
+def validate(bronze: DataFrame, contract: Contract) -> DataFrame:
+    """Decode, derive event time and contract derivations, and apply every expectation.
+
+    Adds `_rejection` (decode, schema or rule stage; null when the row is good), `_warnings`
+    (ids of failed `warn` expectations) and `_fatal` (ids of failed `fail` expectations).
+    """
+    # Bronze's year/month/day/hour partition Kafka time; Silver derives its own from event time.
+    decoded = decode(bronze.drop("year", "month", "day", "hour"), contract)
+    event_time = F.col(contract.event_time)
+    derived = decoded.withColumns(
+        {
+            "event_timestamp": event_time,
+            "date": F.to_date(event_time),
+            "hour": F.hour(event_time),
+            **{d.name: _bucket(F.col(d.column), d.bounds, d.labels) for d in contract.derive},
+        }
+    )
+    outcomes = {action: _failed_ids(contract, action) for action in ("quarantine", "warn", "fail")}
+    return derived.withColumns(
+        {
+            "_rejection": F.coalesce(
+                F.col("_rejection"),
+                F.when(F.size(outcomes["quarantine"]) > 0, _rule_rejection(outcomes["quarantine"])),
+            ),
+            "_warnings": outcomes["warn"],
+            "_fatal": F.when(F.col("_rejection").isNull(), outcomes["fail"]),
+        }
+    )
+
+
+def _failed_ids(contract: Contract, action: str) -> Column:
+    checks = [
+        F.when(~passes(e.rule, F.col(e.column), e.params), F.lit(e.id))
+        for e in contract.expectations
+        if e.action == action
+    ]
+    if not checks:
+        return F.array().cast("array<string>")
+    return F.filter(F.array(*checks), lambda rule_id: rule_id.isNotNull())
+
+
+def _bucket(value: Column, bounds: tuple[float, ...], labels: tuple[str, ...]) -> Column:
+    expression = F.when(value.isNull(), F.lit(None))
+    for bound, label in zip(bounds, labels, strict=False):
+        expression = expression.when(value < bound, F.lit(label))
+    return expression.otherwise(F.lit(labels[-1]))
+
+
+def mark_late(rows: DataFrame, watermark: datetime | None) -> DataFrame:
+    """Rows that passed every check but are older than the watermark: stage `late`."""
+    if watermark is None:
+        return rows
+    late = F.col("_rejection").isNull() & (F.col("event_timestamp") < F.lit(watermark))
+    return rows.withColumn(
+        "_rejection",
+        F.when(
+            late,
+            F.struct(
+                F.lit("late").alias("stage"),
+                F.array(F.lit("late.watermark")).alias("rule_ids"),
+                F.format_string(
+                    "event time %s is older than the watermark %s",
+                    F.col("event_timestamp").cast("string"),
+                    F.lit(watermark.isoformat(sep=" ")),
+                ).alias("reason"),
+            ),
+        ).otherwise(F.col("_rejection")),
+    )
+
+
+def enrich(valid: DataFrame, contract: Contract, zones: DataFrame, pads: DataFrame) -> DataFrame:
+    """Mask PII and add zones for every geofence the contract names."""
+    enriched = mask_pii(valid, contract.pii, pads)
+    for spec in contract.geofence:
+        enriched = assign_zones(
+            enriched, zones, spec.latitude, spec.longitude, ROW_KEY, spec.prefix
+        )
+    return enriched
+
+
+def split_duplicates(
+    valid: DataFrame, contract: Contract, existing: DataFrame | None
+) -> tuple[DataFrame, DataFrame]:
+    """(fresh rows, duplicates) on each dedup key in turn, in the batch and against `existing`.
+
+    Within the batch the earliest Kafka offset wins; a row whose key is already in Silver is a
+    duplicate. Duplicates keep their coordinates and the key that caught them.
+    """
+    fresh, caught = valid, []
+    for key in contract.dedup_keys:
+        name = F.lit(",".join(key))
+        order = Window.partitionBy(*key).orderBy(*ROW_KEY)
+        ranked = fresh.withColumn("_rank", F.row_number().over(order))
+        caught.append(
+            ranked.where(F.col("_rank") > 1).select(*COORDINATES, name.alias("dedup_key"))
+        )
+        fresh = ranked.where(F.col("_rank") == 1).drop("_rank")
+        if existing is not None:
+            seen = existing.select(*key).distinct()
+            caught.append(
+                fresh.join(seen, list(key), "left_semi").select(
+                    *COORDINATES, name.alias("dedup_key")
+                )
+            )
+            fresh = fresh.join(seen, list(key), "left_anti")
+    duplicates = reduce(lambda a, b: a.unionByName(b), caught)
+    return fresh, duplicates
+
+
+def quarantine_rows(rejected: DataFrame, batch_id: int) -> DataFrame:
+    return rejected.select(
+        *COORDINATES,
+        "key",
+        "value",
+        F.col("_rejection.stage").alias("stage"),
+        F.col("_rejection.rule_ids").alias("rule_ids"),
+        F.col("_rejection.reason").alias("reason"),
+        F.lit(batch_id).cast("long").alias("_batch_id"),
+        F.current_timestamp().alias("_quarantined_at"),
+    )
+
+
+def silver_rows(fresh: DataFrame, batch_id: int) -> DataFrame:
+    return fresh.drop(
+        "key",
+        "value",
+        "headers",
+        "_rejection",
+        "_fatal",
+        "_kafka_timestamp_type",
+        "year",
+        "month",
+        "day",
+    ).withColumns(
+        {
+            "_batch_id": F.lit(batch_id).cast("long"),
+            "_processed_at": F.current_timestamp(),
+        }
+    )
+
+
+def latest_per_vehicle(telemetry: DataFrame) -> DataFrame:
+    """The newest event per vehicle in a batch (ties broken by Kafka position)."""
+    order = Window.partitionBy("vehicle_id").orderBy(
+        F.col("event_timestamp").desc(),
+        F.col("_kafka_partition").desc(),
+        F.col("_kafka_offset").desc(),
+    )
+    return (
+        telemetry.withColumn("_rank", F.row_number().over(order))
+        .where(F.col("_rank") == 1)
+        .select(
+            "vehicle_id",
+            "vehicle_type",
+            "status",
+            "latitude",
+            "longitude",
+            "zone_id",
+            "zone_name",
+            "battery_level",
+            "battery_status",
+            "speed_kmh",
+            "event_timestamp",
+            F.col("_kafka_partition"),
+            F.col("_kafka_offset"),
+            F.current_timestamp().alias("_updated_at"),
+        )
+    )
