@@ -24,12 +24,15 @@ class Rule:
     build: Callable[[Column, Mapping[str, Any]], Column]
 
     def check(self, params: Mapping[str, Any]) -> None:
+        """Parameter names and values, checked when the contract loads (not when Spark runs)."""
         missing = self.required - set(params)
         unknown = set(params) - self.required - self.optional
         if missing:
             raise ValueError(f"missing parameter(s) {sorted(missing)}")
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)}")
+        if "tolerance" in params:
+            _interval(params["tolerance"])
 
 
 def _not_null(column: Column, _: Mapping[str, Any]) -> Column:
@@ -64,9 +67,15 @@ def _lengths_between(column: Column, params: Mapping[str, Any]) -> Column:
     return _between(F.length(column), params)
 
 
+_UNITS = ("second", "minute", "hour", "day")
+
+
 def _interval(text: str) -> str:
-    amount, unit = str(text).split()
-    return f"{int(amount)} {unit.rstrip('s').upper()}"
+    """'5 minutes' -> '5 MINUTE' (a Spark interval literal); anything else is a ValueError."""
+    parts = str(text).split()
+    if len(parts) != 2 or not parts[0].isdigit() or parts[1].rstrip("s") not in _UNITS:
+        raise ValueError(f"tolerance {text!r} is not a duration like '5 minutes'")
+    return f"{int(parts[0])} {parts[1].rstrip('s').upper()}"
 
 
 RULES: dict[str, Rule] = {

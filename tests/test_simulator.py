@@ -249,3 +249,19 @@ def test_unreachable_broker_is_a_broker_error() -> None:
     config = load_config(env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     with pytest.raises(BrokerError, match="lakehouse kafka start"):
         require_topics(config, ["telemetry"], timeout_s=1.0)
+
+
+def test_every_duplicate_follows_the_message_it_copies_in_its_topic() -> None:
+    from streaming.simulator.stream import MessageStream
+
+    stream = MessageStream("all", duplicates=0.2, malformed=0.05, late=0.05, seed=3)
+    seen: dict[str, set[bytes]] = {}
+    duplicates = 0
+    for _ in range(5):
+        for message in stream.next_chunk(2_000):
+            earlier = seen.setdefault(message.entity, set())
+            if message.kind == "duplicate":
+                duplicates += 1
+                assert message.value in earlier, message.entity
+            earlier.add(message.value)
+    assert duplicates > 1_000

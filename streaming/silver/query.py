@@ -43,12 +43,23 @@ def query_name(entity: str) -> str:
 def start_silver(
     spark: SparkSession, config: Config, inputs: SilverInputs, once: bool, observer: Any = None
 ) -> list[StreamingQuery]:
+    return [
+        _start_one(spark, config, writer_for(spark, config, inputs, entity, observer), once)
+        for entity in inputs.contracts
+    ]
+
+
+def writer_for(
+    spark: SparkSession, config: Config, inputs: SilverInputs, entity: str, observer: Any = None
+) -> SilverWriter:
+    """The foreachBatch writer of one entity, with every table it writes created."""
     zones = _geofences(spark, config, inputs.zones)
     pads = pads_frame(spark, config.require_pii_key()).cache()
-    return [
-        _start_one(spark, config, contract, zones, pads, once, observer)
-        for contract in inputs.contracts.values()
-    ]
+    contract = inputs.contracts[entity]
+    paths = SilverPaths.of(config, entity)
+    bronze.ensure_bronze_table(spark, config, entity)
+    _ensure_outputs(spark, contract, paths, zones, pads)
+    return SilverWriter(contract, paths, zones, pads, query_name(entity), observer)
 
 
 def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> DataFrame:
@@ -61,19 +72,10 @@ def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> DataFr
 
 
 def _start_one(
-    spark: SparkSession,
-    config: Config,
-    contract: Contract,
-    zones: DataFrame,
-    pads: DataFrame,
-    once: bool,
-    observer: Any,
+    spark: SparkSession, config: Config, silver_writer: SilverWriter, once: bool
 ) -> StreamingQuery:
-    entity = contract.entity
+    entity = silver_writer.contract.entity
     name = query_name(entity)
-    paths = SilverPaths.of(config, entity)
-    bronze.ensure_bronze_table(spark, config, entity)
-    _ensure_outputs(spark, contract, paths, zones, pads)
     source = (
         spark.readStream.format("delta")
         .option("maxBytesPerTrigger", MAX_BYTES_PER_TRIGGER)
@@ -83,7 +85,7 @@ def _start_one(
     writer = (
         source.writeStream.queryName(name)
         .option("checkpointLocation", config.checkpoint_path(name))
-        .foreachBatch(SilverWriter(contract, paths, zones, pads, name, observer))
+        .foreachBatch(silver_writer)
     )
     writer = (
         writer.trigger(availableNow=True)

@@ -48,15 +48,19 @@ def validate(bronze: DataFrame, contract: Contract) -> DataFrame:
         }
     )
     outcomes = {action: _failed_ids(contract, action) for action in ("quarantine", "warn", "fail")}
-    return derived.withColumns(
+    judged = derived.withColumns(
         {
             "_rejection": F.coalesce(
                 F.col("_rejection"),
                 F.when(F.size(outcomes["quarantine"]) > 0, _rule_rejection(outcomes["quarantine"])),
             ),
             "_warnings": outcomes["warn"],
-            "_fatal": F.when(F.col("_rejection").isNull(), outcomes["fail"]),
         }
+    )
+    # `fail` rules only judge rows that are otherwise good: a quarantined row never stops a query.
+    empty = F.array().cast("array<string>")
+    return judged.withColumn(
+        "_fatal", F.when(F.col("_rejection").isNull(), outcomes["fail"]).otherwise(empty)
     )
 
 

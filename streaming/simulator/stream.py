@@ -90,12 +90,14 @@ class MessageStream:
         if len(self.entities) == 1:
             return self._entity_chunk(self.entities[0], n, now)
         counts = self.rng.multinomial(n, self._mix(now.hour))
-        messages: list[Message] = []
-        for entity, count in zip(self.entities, counts.tolist(), strict=True):
-            if count:
-                messages.extend(self._entity_chunk(entity, count, now))
-        order = self.rng.permutation(len(messages))
-        return [messages[i] for i in order.tolist()]
+        per_entity = [
+            iter(self._entity_chunk(entity, count, now)) if count else iter(())
+            for entity, count in zip(self.entities, counts.tolist(), strict=True)
+        ]
+        # Interleave topics at random but keep each topic's own order: a duplicate must follow
+        # the message it copies, as a producer retry does.
+        labels = self.rng.permutation(np.repeat(np.arange(len(self.entities)), counts))
+        return [next(per_entity[label]) for label in labels.tolist()]
 
     def _mix(self, hour: int) -> np.ndarray:
         weights = np.array([TOPIC_MIX[e] for e in self.entities])

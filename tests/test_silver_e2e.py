@@ -1,0 +1,199 @@
+"""Silver end to end on the real broker: the books close, every kind lands where it belongs."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from streaming.config import ENTITIES
+from streaming.simulator.malformed import PRIMARY_ID
+from streaming.simulator.producer import ProduceOptions, run_producer
+from streaming.verify import check_bronze, check_silver, read_ledgers
+from tests.builders import LAKEHOUSE, lakehouse
+
+pytestmark = pytest.mark.e2e
+PII_KEY = "test-only-pii-key-0123456789abcdef"
+COORDS = ["_kafka_topic", "_kafka_partition", "_kafka_offset"]
+SHORT_WATERMARK = {"telemetry", "user_events", "external"}  # late events (1-48 h) are late here
+
+_RULES = {
+    "future_timestamp": {"bookings": "booking_not_in_future"},
+    "bad_enum": {
+        "telemetry": "vehicle_type_known", "bookings": "status_known",
+        "user_events": "event_type_known", "external": "source_known",
+        "feedback": "content_type_image",
+    },
+    "out_of_range": {
+        "telemetry": "battery_level_range", "bookings": "distance_plausible",
+        "external": "zone_id_known", "feedback": "rating_range",
+    },
+    "invalid_coordinates": {"bookings": "pickup_latitude_valid"},
+    "missing_field": {
+        "telemetry": "latitude_not_null", "bookings": "vehicle_id_not_null",
+        "user_events": "user_id_not_null", "external": "source_not_null",
+        "feedback": "booking_id_not_null",
+    },
+}  # fmt: skip
+_FIXED = {
+    "truncated_json": ("decode", "decode.not_json"),
+    "not_json_object": ("decode", "decode.not_an_object"),
+    "wrong_type": ("schema", "schema.wrong_type"),
+    "bad_timestamp": ("schema", "schema.wrong_type"),
+    "non_utf8": ("decode", "decode.not_utf8"),
+    "wrong_magic_byte": ("decode", "decode.unknown_format"),
+    "unknown_schema_id": ("schema", "schema.unknown_schema_id"),
+    "empty_value": ("decode", "decode.empty"),
+    "oversized_value": ("decode", "decode.oversized"),
+    "bad_vehicle_id": ("rule", "vehicle_id_format"),
+    "negative_duration": ("rule", "trip_duration_positive"),
+    "negative_revenue": ("rule", "revenue_not_negative"),
+}
+_AVRO_BODY = {"wrong_type", "null_required", "missing_field", "bad_timestamp"}
+
+
+def expected_places(entity: str, kind: str, fmt: str) -> set[tuple[str, str | None, str | None]]:
+    """Where a ledger row of `kind` must end up: (place, stage, one of its rule ids)."""
+    if kind == "valid":
+        return {("silver", None, None)}
+    if kind in {"duplicate", "late"}:
+        late = ("quarantine", "late", "late.watermark")
+        if kind == "late":
+            return {late} if entity in SHORT_WATERMARK else {("silver", None, None)}
+        # A copy of a late event is late itself: late rows never reach deduplication.
+        return {("duplicate", None, None)} | ({late} if entity in SHORT_WATERMARK else set())
+    if fmt == "avro" and kind in _AVRO_BODY:
+        return {("quarantine", "decode", "decode.avro_body")}
+    if kind in _FIXED:
+        return {("quarantine", *_FIXED[kind])}
+    if kind == "null_required":
+        return {("quarantine", "rule", f"{PRIMARY_ID[entity]}_not_null")}
+    defaults = {
+        "future_timestamp": "timestamp_not_in_future",
+        "invalid_coordinates": "latitude_valid",
+    }
+    return {("quarantine", "rule", _RULES.get(kind, {}).get(entity, defaults.get(kind)))}
+
+
+def _placements(spark, config):  # type: ignore[no-untyped-def]
+    """(coordinates, place, stage, rule_ids) of every row in Silver, quarantine and duplicates."""
+    no_stage = F.lit(None).cast("string").alias("stage")
+    no_rules = F.lit(None).cast("array<string>").alias("rule_ids")
+    frames = []
+    for entity in ENTITIES:
+        tables = {
+            "silver": (config.table_path("silver", entity), no_stage, no_rules),
+            "quarantine": (config.table_path("quarantine", entity), "stage", "rule_ids"),
+            "duplicate": (config.table_path("silver", f"_duplicates/{entity}"), no_stage, no_rules),
+        }
+        for place, (path, stage, rules) in tables.items():
+            frame = spark.read.format("delta").load(path)
+            frames.append(frame.select(*COORDS, F.lit(place).alias("place"), stage, rules))
+    placed = frames[0]
+    for frame in frames[1:]:
+        placed = placed.unionByName(frame)
+    return placed
+
+
+def _produce(lake, tmp_path: Path, count: int) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    ledgers = {"json": tmp_path / "json.ledger", "avro": tmp_path / "avro.ledger"}
+    options = {"rate": math.inf, "duplicates": 0.05, "malformed": 0.12, "late": 0.03}
+    run_producer(lake.config, "all", ProduceOptions(count=count, ledger=ledgers["json"], **options))
+    run_producer(
+        lake.config, "telemetry",
+        ProduceOptions(count=count // 4, format="avro", seed=7, ledger=ledgers["avro"], **options),
+    )  # fmt: skip
+    return ledgers
+
+
+def test_books_close_and_every_kind_lands_where_it_belongs(lake, spark, tmp_path: Path) -> None:
+    ledgers = _produce(lake, tmp_path, 8_000)
+    run = lakehouse("run", "all", "--once", env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY))
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    for entity in ENTITIES:
+        books = check_silver(spark, lake.config, entity)
+        assert books.ok and books.bronze_rows > 0, books
+        assert books.bronze_rows == books.silver + books.quarantined + books.duplicates
+
+    placed = _placements(spark, lake.config)
+    prefix = lake.config.topic_prefix
+    seen: dict[tuple[str, str, str], set] = {}
+    for fmt, ledger in ledgers.items():
+        rows = (
+            read_ledgers(spark, [ledger])
+            .withColumnRenamed("topic", "_kafka_topic")
+            .withColumnRenamed("partition", "_kafka_partition")
+            .withColumnRenamed("offset", "_kafka_offset")
+            .join(placed, COORDS, "left")
+            .groupBy("_kafka_topic", "kind", "place", "stage", "rule_ids")
+            .count()
+            .collect()
+        )
+        for row in rows:
+            entity = row["_kafka_topic"].removeprefix(prefix)
+            allowed = expected_places(entity, row["kind"], fmt)
+            matches = {
+                (place, stage, rule) for place, stage, rule in allowed
+                if place == row["place"] and stage == row["stage"]
+                and (rule is None or rule in (row["rule_ids"] or []))
+            }  # fmt: skip
+            assert matches, (fmt, entity, row["kind"], row["place"], row["stage"], row["rule_ids"])
+            seen.setdefault((fmt, entity, row["kind"]), set()).add(row["place"])
+    malformed_kinds = {kind for (fmt, _, kind) in seen if fmt == "json"} - {
+        "valid",
+        "duplicate",
+        "late",
+    }
+    assert len(malformed_kinds) >= 15, sorted(malformed_kinds)
+
+    verify = lakehouse(
+        "verify", *[f"--ledger={p}" for p in ledgers.values()], env=lake.process_env()
+    )
+    assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
+
+
+def test_kill_9_mid_run_then_restart_keeps_every_oracle(lake, spark, tmp_path: Path) -> None:
+    ledgers = _produce(lake, tmp_path, 12_000)
+    env = lake.process_env(
+        LAKEHOUSE_PII_KEY=PII_KEY,
+        LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER="1500",
+        LAKEHOUSE_MAX_FILES_PER_TRIGGER="2",
+        LAKEHOUSE_TRIGGER_INTERVAL="0 seconds",
+    )
+    stream = subprocess.Popen(
+        [*LAKEHOUSE, "run", "all"], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = Path(lake.config.table_path("silver", "telemetry")) / "_delta_log"
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(log.glob("*.json"))) < 3:  # table creation + two Silver batches
+            assert stream.poll() is None, stream.stderr.read()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "Silver made no progress in 300 s"
+            time.sleep(0.2)
+        time.sleep(random.Random(os.getpid()).uniform(0.0, 3.0))
+        assert stream.poll() is None
+        os.killpg(stream.pid, signal.SIGKILL)
+        stream.wait(timeout=30)
+    finally:
+        if stream.poll() is None:
+            os.killpg(stream.pid, signal.SIGKILL)
+    partial = check_silver(spark, lake.config, "telemetry")
+    assert partial.repeated == 0 and partial.unexpected == 0
+    assert partial.missing > 0, "the kill did not land before Silver caught up"
+
+    restart = lakehouse("run", "all", "--once", env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY))
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    bronze = check_bronze(spark, lake.config, list(ledgers.values()))
+    assert (bronze.missing, bronze.duplicated, bronze.unexpected) == (0, 0, 0)
+    for entity in ENTITIES:
+        books = check_silver(spark, lake.config, entity)
+        assert books.ok, books
