@@ -190,6 +190,8 @@ class _Checker:
         except ValueError as exc:
             raise self.fail(f"expectation {raw['id']}: {exc}", "fix its parameters") from None
         column = self._column(raw["column"], columns, f"expectation {raw['id']}")
+        for other in params.get("when", {}):
+            self._column(other, columns, f"expectation {raw['id']} (when)")
         return Expectation(raw["id"], rule, column, action, params)
 
     def _derivation(self, raw: Mapping[str, Any], fields: Mapping[str, Any]) -> Derivation:

@@ -26,13 +26,16 @@ class Rule:
     def check(self, params: Mapping[str, Any]) -> None:
         """Parameter names and values, checked when the contract loads (not when Spark runs)."""
         missing = self.required - set(params)
-        unknown = set(params) - self.required - self.optional
+        unknown = set(params) - self.required - self.optional - {"when"}
         if missing:
             raise ValueError(f"missing parameter(s) {sorted(missing)}")
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)}")
         if "tolerance" in params:
             _interval(params["tolerance"])
+        when = params.get("when", {})
+        if not isinstance(when, Mapping) or not all(isinstance(v, list) for v in when.values()):
+            raise ValueError("when must map columns to lists of values, e.g. {status = ['done']}")
 
 
 def _not_null(column: Column, _: Mapping[str, Any]) -> Column:
@@ -95,5 +98,12 @@ RULES: dict[str, Rule] = {
 
 
 def passes(rule: str, column: Column, params: Mapping[str, Any]) -> Column:
-    """The Column that is true where a row satisfies `rule` (never null)."""
-    return F.coalesce(RULES[rule].build(column, params), F.lit(False))
+    """The Column that is true where a row satisfies `rule` (never null).
+
+    `when = {column = [values]}` limits a rule to the rows where every named column holds one
+    of its values (Great Expectations' row_condition, kept structured rather than as SQL text).
+    """
+    result = F.coalesce(RULES[rule].build(column, params), F.lit(False))
+    for other, values in params.get("when", {}).items():
+        result = result | ~F.coalesce(F.col(other).isin(list(values)), F.lit(False))
+    return result

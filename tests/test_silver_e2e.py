@@ -53,7 +53,7 @@ _FIXED = {
     "empty_value": ("decode", "decode.empty"),
     "oversized_value": ("decode", "decode.oversized"),
     "bad_vehicle_id": ("rule", "vehicle_id_format"),
-    "negative_duration": ("rule", "trip_duration_positive"),
+    "negative_duration": ("rule", "trip_duration_not_negative"),
     "negative_revenue": ("rule", "revenue_not_negative"),
 }
 _AVRO_BODY = {"wrong_type", "null_required", "missing_field", "bad_timestamp"}
