@@ -139,6 +139,8 @@ class Config:
     metrics_port: int
     pii_key: Secret | None = None
     geofences_file: Path = PROJECT_DIR / "data" / "nyc" / "taxi_zones.geojson"
+    schemas_dir: Path = PROJECT_DIR / "schemas"
+    contracts_dir: Path = PROJECT_DIR / "contracts"
 
     def require_pii_key(self) -> Secret:
         """The HMAC key for PII tokens; Silver refuses to start without one."""
@@ -266,6 +268,10 @@ def load_config(
         )
         .expanduser()
         .resolve(),
+        schemas_dir=_folder(settings.text("LAKEHOUSE_SCHEMAS", ("schemas_dir",), ""), "schemas"),
+        contracts_dir=_folder(
+            settings.text("LAKEHOUSE_CONTRACTS", ("contracts_dir",), ""), "contracts"
+        ),
     )
 
 
@@ -315,6 +321,10 @@ class _Settings:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{source} must be true or false, got {value!r}")
+
+
+def _folder(value: str, default: str) -> Path:
+    return Path(value).expanduser().resolve() if value else PROJECT_DIR / default
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

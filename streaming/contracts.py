@@ -18,7 +18,7 @@ from typing import Any
 
 from streaming.errors import ConfigError
 from streaming.quality import ACTIONS, RULES
-from streaming.schemas import MessageSchema, load_schemas, spark_fields
+from streaming.schemas import MessageSchema, load_schemas, spark_fields, version_of
 
 CONTRACT_DIR = Path(__file__).resolve().parent.parent / "contracts"
 DERIVED_TIME_COLUMNS = ("event_timestamp", "date", "hour")
@@ -63,6 +63,7 @@ class Contract:
     event_time: str
     watermark: str
     watermark_seconds: int
+    versions: tuple[MessageSchema, ...]
     dedup_keys: tuple[tuple[str, ...], ...]
     partition_by: tuple[str, ...]
     retention_days: int
@@ -111,9 +112,8 @@ class _Checker:
         if unknown:
             raise self.fail(f"unknown key(s) {sorted(unknown)}", f"use only {sorted(_TOP_LEVEL)}")
         schema_name = self._required("schema")
-        if schema_name not in self.schemas:
-            raise self.fail(f"schema '{schema_name}' not found", "add schemas/<name>.avsc")
-        schema = self.schemas[schema_name]
+        versions = self._versions(schema_name)
+        schema = versions[-1]
         fields = spark_fields(schema)
         derive = tuple(self._derivation(d, fields) for d in self.raw.get("derive", []))
         columns = {*fields, *DERIVED_TIME_COLUMNS, *(d.name for d in derive)}
@@ -123,6 +123,7 @@ class _Checker:
             entity=self._required("entity"),
             source=self.path,
             schema=schema,
+            versions=versions,
             event_time=event_time,
             watermark=watermark,
             watermark_seconds=self._duration(watermark, "watermark"),
@@ -140,6 +141,32 @@ class _Checker:
             derive=derive,
             geofence=tuple(self._geofence(g, fields) for g in self.raw.get("geofence", [])),
         )
+
+    def _versions(self, name: str) -> tuple[MessageSchema, ...]:
+        """Every version of the schema, oldest first; each later one may only add optional
+        fields (a backward-compatible change), so the newest one reads every older payload."""
+        stems = sorted(
+            (stem for stem, s in self.schemas.items() if s.entity == name), key=version_of
+        )
+        if not stems:
+            raise self.fail(f"schema '{name}' not found", f"add schemas/{name}.avsc")
+        versions = tuple(self.schemas[stem] for stem in stems)
+        latest = spark_fields(versions[-1])
+        for older in versions[:-1]:
+            for field, (data_type, _) in spark_fields(older).items():
+                if field not in latest or latest[field][0] != data_type:
+                    raise self.fail(
+                        f"schema version {older.schema_id} -> {versions[-1].schema_id} of '{name}' "
+                        f"removes or retypes field '{field}'",
+                        "only add optional fields; an incompatible change needs a new topic",
+                    )
+            added = set(latest) - set(spark_fields(older))
+            if any(not latest[field][1] for field in added):
+                raise self.fail(
+                    f"schema '{name}' adds a required field",
+                    'new fields must be optional: ["null", <type>] with "default": null',
+                )
+        return versions
 
     def _required(self, key: str) -> Any:
         if key not in self.raw:

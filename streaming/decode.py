@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from streaming.contracts import Contract
+from streaming.schemas import MessageSchema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -52,17 +53,20 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 F.conv(F.hex(F.substring(value, 2, 4)), 16, 10).cast("int"),
             ),
             "_variant": F.when(first_byte != "00", F.try_parse_json(text)),
-            "_avro": F.when(
-                first_byte == "00",
-                _from_avro(F.expr("substring(value, 6)"), contract),
-            ),
+            **{
+                _avro_column(version): F.when(
+                    first_byte == "00",
+                    _from_avro(F.expr("substring(value, 6)"), version),
+                )
+                for version in contract.versions
+            },
         }
     )
     fields = contract.fields
     typed = {
-        name: F.when(
-            F.col("_format") == "avro", F.col("_avro").getField(name).cast(data_type)
-        ).otherwise(F.try_variant_get("_variant", f"$.{name}", data_type.simpleString()))
+        name: F.when(F.col("_format") == "avro", _avro_field(contract, name, data_type)).otherwise(
+            F.try_variant_get("_variant", f"$.{name}", data_type.simpleString())
+        )
         for name, (data_type, _) in fields.items()
     }
     rejection = _frame_rejection(value, text, contract)
@@ -74,8 +78,26 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
             ),
         )
     return framed.withColumns({**typed, "_rejection": rejection}).drop(
-        "_variant", "_avro", "_first_byte"
+        "_variant", "_first_byte", *(_avro_column(v) for v in contract.versions)
     )
+
+
+def _avro_column(version: MessageSchema) -> str:
+    return f"_avro_{version.schema_id}"
+
+
+def _avro_field(contract: Contract, name: str, data_type: T.DataType) -> Column:
+    """The field as decoded by the payload's own schema version (null where it lacks it)."""
+    expression = None
+    for version in contract.versions:
+        if name not in version.field_names:
+            continue
+        value = F.col(_avro_column(version)).getField(name).cast(data_type)
+        matches = F.col("_schema_id") == version.schema_id
+        expression = (
+            F.when(matches, value) if expression is None else expression.when(matches, value)
+        )
+    return expression if expression is not None else F.lit(None).cast(data_type)
 
 
 def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
@@ -97,7 +119,7 @@ def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
             _rejection("decode", "decode.bad_avro_frame", "Avro frame shorter than 5 bytes"),
         )
         .when(
-            avro & (F.col("_schema_id") != contract.schema.schema_id),
+            avro & ~F.col("_schema_id").isin(*(v.schema_id for v in contract.versions)),
             _rejection(
                 "schema",
                 "schema.unknown_schema_id",
@@ -162,14 +184,14 @@ def _json_wrong_type(name: str, data_type: T.DataType) -> Column:
 def _avro_failed(contract: Contract) -> Column:
     """from_avro in PERMISSIVE mode yields nulls for a body that does not fit: all fields null."""
     scalars = [
-        F.col("_avro").getField(name).cast("string")
+        _avro_field(contract, name, data_type).cast("string")
         for name, (data_type, _) in contract.fields.items()
         if not isinstance(data_type, T.MapType)
     ]
-    return F.col("_avro").isNull() | F.coalesce(*scalars).isNull()
+    return F.coalesce(*scalars).isNull()
 
 
-def _from_avro(body: Column, contract: Contract) -> Column:
+def _from_avro(body: Column, version: MessageSchema) -> Column:
     from pyspark.sql.avro.functions import from_avro
 
-    return from_avro(body, json.dumps(contract.schema.raw), {"mode": "PERMISSIVE"})
+    return from_avro(body, json.dumps(version.raw), {"mode": "PERMISSIVE"})

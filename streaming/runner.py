@@ -50,6 +50,8 @@ def run(config: Config, layer: str, once: bool) -> None:
     queries: list[StreamingQuery] = []
     try:
         for name in plan.layers:
+            # Queries inherit the starting thread's pool: one FAIR pool per layer.
+            spark.sparkContext.setLocalProperty("spark.scheduler.pool", name)
             started = _start_layer(spark, config, plan, name, once, metrics)
             queries.extend(started)
             log.info("started %s", ", ".join(q.name or "" for q in started))

@@ -68,7 +68,14 @@ def _load_one(path: Path) -> MessageSchema:
     if not isinstance(schema_id, int) or schema_id < 0:
         raise ConfigError(f"schema {path} needs a non-negative integer 'schema_id' attribute")
     names = tuple(f["name"] for f in raw["fields"])
-    return MessageSchema(path.stem, schema_id, raw, parsed, names)
+    # `telemetry.v2.avsc` is a later version of the `telemetry` contract.
+    return MessageSchema(path.stem.split(".")[0], schema_id, raw, parsed, names)
+
+
+def version_of(stem: str) -> int:
+    """`telemetry` -> 1, `telemetry.v2` -> 2."""
+    _, _, suffix = stem.partition(".v")
+    return int(suffix) if suffix.isdigit() else 1
 
 
 def schemas_by_id(schemas: Mapping[str, MessageSchema]) -> dict[int, MessageSchema]:

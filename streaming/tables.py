@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from streaming.errors import ConfigError
-
 if TYPE_CHECKING:
     from delta.tables import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
@@ -24,23 +22,21 @@ def ensure_table(
     partition_by: tuple[str, ...] = (),
     properties: Mapping[str, str] | None = None,
 ) -> DeltaTable:
-    """Create the table at `path` if it does not exist yet; return it."""
+    """Create the table at `path` if it does not exist yet; return it.
+
+    An existing table is returned as it is: its schema may have grown since (schema evolution
+    adds columns in the writers' MERGEs), which is not a mismatch.
+    """
     from delta.tables import DeltaTable
 
+    if DeltaTable.isDeltaTable(spark, path):
+        return DeltaTable.forPath(spark, path)
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
     for key, value in (properties or {}).items():
         builder = builder.property(key, value)
-    try:
-        return builder.execute()
-    except Exception as exc:
-        if "DELTA_CREATE_TABLE_SCHEME_MISMATCH" in str(exc) or "schema" in str(exc).lower():
-            raise ConfigError(
-                f"the table at {path} exists with a different schema",
-                hint="a semantic change needs a new table and checkpoint; move the old one away",
-            ) from None
-        raise
+    return builder.execute()
 
 
 def empty_like(spark: SparkSession, frame: DataFrame) -> DataFrame:

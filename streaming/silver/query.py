@@ -10,6 +10,7 @@ from streaming.config import Config
 from streaming.contracts import Contract, load_contracts
 from streaming.geofence import Zone, read_geofences, read_zones, write_geofences
 from streaming.pii import pads_frame
+from streaming.schemas import load_schemas
 from streaming.silver import transform
 from streaming.silver.writer import SilverPaths, SilverWriter
 from streaming.tables import CHANGE_FEED, ensure_table
@@ -33,7 +34,8 @@ class SilverInputs:
 def check_inputs(config: Config) -> SilverInputs:
     """Contracts, the PII key and the geofence file: one clear error each, before Spark starts."""
     config.require_pii_key()
-    return SilverInputs(contracts=load_contracts(), zones=read_zones(config.geofences_file))
+    contracts = load_contracts(config.contracts_dir, load_schemas(config.schemas_dir))
+    return SilverInputs(contracts=contracts, zones=read_zones(config.geofences_file))
 
 
 def query_name(entity: str) -> str:

@@ -115,7 +115,9 @@ class SilverWriter:
         fresh, duplicates = transform.split_duplicates(
             valid, self.contract, self._recent(spark, valid)
         )
-        fresh, duplicates = self._keep(fresh), self._keep(duplicates)
+        # Materialised, lineage cut: MERGE re-plans its source and must neither recompute the
+        # decode, geofence and dedup joins nor see Silver after its own commit.
+        fresh, duplicates = fresh.localCheckpoint(), duplicates.localCheckpoint()
         counts["valid"], counts["duplicate"] = fresh.count(), duplicates.count()
         with self._idempotent(spark, batch_id):
             if counts["duplicate"]:
@@ -219,6 +221,7 @@ class SilverWriter:
             .alias("t")
             .merge(fresh.alias("s"), condition)
             .whenNotMatchedInsertAll()
+            .withSchemaEvolution()  # a new optional field in the contract becomes a new column
             .execute()
         )
 
