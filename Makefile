@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RATE   ?= 5000
 export LAKEHOUSE_KAFKA_DIR ?= $(CURDIR)/.kafka
+# A development-only key so `make run` works out of the box; production sets its own secret.
+export LAKEHOUSE_PII_KEY ?= local-development-only-pii-key
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run stop test lint bench clean
