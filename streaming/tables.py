@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from delta.tables import DeltaTable
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
     from pyspark.sql.types import StructType
 
 # Readers outside Spark (delta-rs, DuckDB through Arrow) must read every table: keep to table
@@ -37,7 +37,3 @@ def ensure_table(
     for key, value in (properties or {}).items():
         builder = builder.property(key, value)
     return builder.execute()
-
-
-def empty_like(spark: SparkSession, frame: DataFrame) -> DataFrame:
-    return spark.createDataFrame([], frame.schema)

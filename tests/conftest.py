@@ -20,6 +20,8 @@ from streaming.kafka import broker
 from streaming.kafka.admin import create_topics
 
 PROJECT = Path(__file__).resolve().parent.parent
+# pandas-on-Spark asks for this before any Spark session starts (pyarrow timestamps).
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 
 def _docker_answers() -> bool:
