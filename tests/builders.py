@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -83,3 +85,16 @@ def write_ledger(path: Path, acked: list[Acked], kind: str = "valid") -> Path:
     lines = ["topic,partition,offset,kind", *(f"{a[0]},{a[1]},{a[2]},{kind}" for a in acked)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def wait_for(
+    condition: Callable[[], bool], process: subprocess.Popen[str], timeout_s: float
+) -> None:
+    """Poll an external stream's progress (a separate process has no callback into the test)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"stream exited early: {process.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the stream made no progress within {timeout_s:.0f} s")
+        time.sleep(0.2)

@@ -18,7 +18,7 @@ from streaming import bronze
 from streaming.config import ENTITIES
 from streaming.simulator.producer import ProduceOptions, run_producer
 from streaming.verify import check_bronze
-from tests.builders import LAKEHOUSE, broken_payloads, lakehouse, publish, write_ledger
+from tests.builders import LAKEHOUSE, broken_payloads, lakehouse, publish, wait_for, write_ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +79,7 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     )  # fmt: skip
     log = Path(lake.config.table_path("bronze", "telemetry")) / "_delta_log"
     try:
-        _wait_for(lambda: len(list(log.glob("*.json"))) >= 3, stream, timeout_s=240)
+        wait_for(lambda: len(list(log.glob("*.json"))) >= 3, stream, timeout_s=240)
         # A random moment inside the run: somewhere in the next few micro-batches.
         time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
         assert stream.poll() is None, "the stream ended before it could be killed"
@@ -154,14 +154,3 @@ def test_oracle_fails_when_a_bronze_row_is_removed_or_duplicated(
     assert verify.returncode == 6
     assert '"missing": 1' in verify.stdout
     assert "1 missing, 0 duplicated" in verify.stderr
-
-
-def _wait_for(condition, process: subprocess.Popen[str], timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    """Poll an external process's progress (a stream has no callback into the test)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"stream exited early: {process.stderr.read()[-3000:]}")  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the stream to make progress")
-        time.sleep(0.2)
