@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from streaming.config import Config
+from streaming.spark import stream_writer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -100,16 +101,5 @@ def start_bronze(spark: SparkSession, config: Config, entity: str, once: bool) -
         F.max("_kafka_timestamp").alias("max_kafka_timestamp"),
         F.count(F.lit(1)).alias("rows"),
     )
-    writer = (
-        bronze.writeStream.format("delta")
-        .queryName(name)
-        .outputMode("append")
-        .option("checkpointLocation", config.checkpoint_path(name))
-        .partitionBy(*PARTITION_COLUMNS)
-    )
-    writer = (
-        writer.trigger(availableNow=True)
-        if once
-        else writer.trigger(processingTime=config.stream.trigger_interval)
-    )
-    return writer.start(config.table_path(LAYER, entity))
+    writer = stream_writer(bronze, name, config, once).format("delta").outputMode("append")
+    return writer.partitionBy(*PARTITION_COLUMNS).start(config.table_path(LAYER, entity))

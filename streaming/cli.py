@@ -96,6 +96,19 @@ def _verify(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(config: Config, args: argparse.Namespace) -> int:
+    from streaming.show import read_table, render
+
+    columns, rows, total = read_table(config, args.table, args.where, args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+    else:
+        print(render(columns, rows))
+        print(f"({len(rows)} of {total} rows)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakehouse",
@@ -128,9 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     produce.set_defaults(handler=_produce)
 
     run = commands.add_parser("run", help="run streaming queries")
-    run.add_argument("layer", choices=["bronze", "silver", "all"])
+    run.add_argument("layer", choices=["bronze", "silver", "gold", "all"])
     run.add_argument("--once", action="store_true", help="process what is available, then exit")
     run.set_defaults(handler=_run)
+
+    show = commands.add_parser("show", help="read a table (delta-rs + DuckDB, no JVM)")
+    show.add_argument("table", help="<layer>.<table>, e.g. gold.demand_by_zone_hour")
+    show.add_argument("--where", help='SQL condition, e.g. "zone_id = 132 AND hour = 8"')
+    show.add_argument("--limit", type=_positive_int, default=20)
+    show.add_argument("--json", action="store_true", help="one JSON object per row")
+    show.set_defaults(handler=_show)
 
     verify = commands.add_parser("verify", help="check the correctness oracles")
     verify.add_argument("--ledger", type=Path, action="append", help="producer ledger (repeat)")

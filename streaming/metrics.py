@@ -75,6 +75,18 @@ class PipelineMetrics:
             ["entity", "rule"],
             registry=r,
         )
+        g = ["table"]
+        self.gold_keys = Counter(
+            "lakehouse_gold_keys", "Gold keys rebuilt, by action (upserted, deleted)",
+            ["table", "action"], registry=r,
+        )  # fmt: skip
+        self.gold_merge_seconds = Histogram(
+            "lakehouse_gold_batch_seconds",
+            "Wall time to rebuild and MERGE one Gold micro-batch",
+            g,
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+            registry=r,
+        )
         self._newest: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -101,11 +113,7 @@ class PipelineMetrics:
         observed = (progress.observedMetrics or {}).get(name)
         newest = observed["max_kafka_timestamp"] if observed is not None else None
         if newest is not None:
-            with self._lock:
-                if newest.timestamp() > self._newest.get(name, 0.0):
-                    self._newest[name] = newest.timestamp()
-                    self.newest_timestamp.labels(name).set(newest.timestamp())
-                    self.freshness.labels(name).set_function(self._freshness_of(name))
+            self._mark_newest(name, newest.timestamp())
 
     def record_silver(self, query: str, counts: dict[str, Any]) -> None:
         """Called by the Silver writer after each batch with its accounting."""
@@ -124,6 +132,29 @@ class PipelineMetrics:
             counts["duplicate"],
             counts["stages"] or "none",
         )
+
+    def record_gold(self, query: str, summary: dict[str, Any]) -> None:
+        """Called by a Gold writer after each MERGE; its freshness is by newest event time."""
+        table = query.partition(".")[2]
+        self.gold_keys.labels(table, "upserted").inc(summary["upserted"])
+        self.gold_keys.labels(table, "deleted").inc(summary["deleted"])
+        self.gold_merge_seconds.labels(table).observe(summary["seconds"])
+        if summary["newest"] is not None:
+            self._mark_newest(query, summary["newest"].timestamp())
+        log.info(
+            "%s: %d rows upserted, %d deleted in %.1f s",
+            query,
+            summary["upserted"],
+            summary["deleted"],
+            summary["seconds"],
+        )
+
+    def _mark_newest(self, name: str, newest: float) -> None:
+        with self._lock:
+            if newest > self._newest.get(name, 0.0):
+                self._newest[name] = newest
+                self.newest_timestamp.labels(name).set(newest)
+                self.freshness.labels(name).set_function(self._freshness_of(name))
 
     def _freshness_of(self, name: str) -> Any:
         return lambda: time.time() - self._newest.get(name, math.nan)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from streaming import bronze, jars
 from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError, QueryError
+from streaming.gold.query import start_gold
 from streaming.kafka.admin import require_topics
 from streaming.metrics import PipelineMetrics, ProgressListener
 from streaming.silver.query import SilverInputs, check_inputs, start_silver
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
 log = logging.getLogger(__name__)
-LAYERS = ("bronze", "silver")
+LAYERS = ("bronze", "silver", "gold")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def _start_layer(
 ) -> list[StreamingQuery]:
     if layer == "bronze":
         return [bronze.start_bronze(spark, config, entity, once) for entity in ENTITIES]
+    if layer == "gold":
+        return start_gold(spark, config, once, metrics.record_gold)
     assert plan.silver is not None
     return start_silver(spark, config, plan.silver, once, metrics.record_silver)
 

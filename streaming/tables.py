@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,6 +14,23 @@ if TYPE_CHECKING:
 # Readers outside Spark (delta-rs, DuckDB through Arrow) must read every table: keep to table
 # features they support. The change data feed lets Gold follow MERGEs and DELETEs in Silver.
 CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
+_TXN_APP, _TXN_VERSION = (
+    "spark.databricks.delta.write.txnAppId",
+    "spark.databricks.delta.write.txnVersion",
+)
+
+
+@contextmanager
+def idempotent(spark: SparkSession, app_id: str, batch_id: int) -> Iterator[None]:
+    """Every Delta write inside carries (app id, batch id): Delta skips a write it has already
+    committed for that pair, so a replayed foreachBatch changes nothing."""
+    spark.conf.set(_TXN_APP, app_id)
+    spark.conf.set(_TXN_VERSION, str(batch_id))
+    try:
+        yield
+    finally:
+        spark.conf.unset(_TXN_APP)
+        spark.conf.unset(_TXN_VERSION)
 
 
 def ensure_table(

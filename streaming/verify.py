@@ -2,10 +2,14 @@
 
 Bronze: the producer ledger (every acknowledged topic/partition/offset) against the set of
 (topic, partition, offset) in the Bronze tables: 0 missing and 0 duplicated, exactly.
+Silver: every Bronze row exactly once in Silver, quarantine or the duplicates table.
+Gold: each table equals a batch recomputation from Silver, row for row, compared both ways.
+Run them when the queries have drained (`run --once`) or stopped: a running Gold lags Silver.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +136,13 @@ class SilverCheck:
     def ok(self) -> bool:
         return self.missing == self.repeated == self.unexpected == self.unnamed == 0
 
+    @property
+    def violation(self) -> str:
+        return (
+            f"silver.{self.entity} books do not close: {self.missing} missing, {self.repeated} "
+            f"repeated, {self.unexpected} unexpected, {self.unnamed} quarantined without a rule"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
@@ -179,6 +190,61 @@ def check_silver(spark: SparkSession, config: Config, entity: str) -> SilverChec
     )
 
 
+@dataclass(frozen=True)
+class GoldCheck:
+    """One Gold table against a batch recomputation from all of Silver, both ways."""
+
+    table: str
+    gold_rows: int
+    expected_rows: int
+    missing: int  # in the recomputation, not in Gold (or with other values)
+    unexpected: int  # in Gold, not in the recomputation (or with other values)
+    gold_newest: str | None
+    silver_newest: str | None
+    lag_seconds: float | None  # newest event time the recomputation has minus Gold's
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == self.unexpected == 0
+
+    @property
+    def violation(self) -> str:
+        return (
+            f"gold.{self.table} differs from a recomputation from Silver: {self.missing} rows "
+            f"missing or different, {self.unexpected} unexpected"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_gold(spark: SparkSession, config: Config, name: str) -> GoldCheck:
+    """Gold == recompute(Silver) as multisets of rows (every column but `_updated_at`)."""
+    from streaming.gold.aggregates import TABLES, UPDATED_AT, recompute
+    from streaming.gold.query import silver_paths
+
+    table = TABLES[name]
+    silver = {
+        entity: spark.read.format("delta").load(path)
+        for entity, path in silver_paths(config, table).items()
+    }
+    expected = recompute(table, silver).localCheckpoint()
+    gold = spark.read.format("delta").load(config.table_path("gold", name)).drop(UPDATED_AT)
+    actual = gold.select(*expected.columns).localCheckpoint()
+    newest = [frame.agg(F.max("last_event_time")).first()[0] for frame in (actual, expected)]  # type: ignore[index]
+    lag = (newest[1] - newest[0]).total_seconds() if all(newest) else None
+    return GoldCheck(
+        table=name,
+        gold_rows=actual.count(),
+        expected_rows=expected.count(),
+        missing=expected.exceptAll(actual).count(),
+        unexpected=actual.exceptAll(expected).count(),
+        gold_newest=str(newest[0]) if newest[0] else None,
+        silver_newest=str(newest[1]) if newest[1] else None,
+        lag_seconds=lag,
+    )
+
+
 def run_checks(spark: SparkSession, config: Config, ledgers: list[Path]) -> dict[str, Any]:
     """Every oracle that applies to what exists: Bronze vs ledgers, Silver's books per entity."""
     from delta.tables import DeltaTable
@@ -192,20 +258,22 @@ def run_checks(spark: SparkSession, config: Config, ledgers: list[Path]) -> dict
                 f"Bronze does not match the ledger: {bronze_check.missing} missing, "
                 f"{bronze_check.duplicated} duplicated"
             )
-    silver_checks = [
-        check_silver(spark, config, entity)
-        for entity in ENTITIES
-        if DeltaTable.isDeltaTable(spark, config.table_path("silver", entity))
-    ]
-    if silver_checks:
-        report["silver"] = {c.entity: c.as_dict() for c in silver_checks}
-    for c in silver_checks:
-        if not c.ok:
-            report["violations"].append(
-                f"silver.{c.entity} books do not close: {c.missing} missing, {c.repeated} "
-                f"repeated, {c.unexpected} unexpected, {c.unnamed} quarantined without a rule"
-            )
-    if not ledgers and not silver_checks:
+    from streaming.gold.aggregates import TABLES
+
+    layers: dict[str, tuple[Callable[..., SilverCheck | GoldCheck], Iterable[str]]] = {
+        "silver": (check_silver, ENTITIES),
+        "gold": (check_gold, TABLES),
+    }
+    for layer, (check, names) in layers.items():
+        checks = {
+            name: check(spark, config, name)
+            for name in names
+            if DeltaTable.isDeltaTable(spark, config.table_path(layer, name))
+        }
+        if checks:
+            report[layer] = {name: c.as_dict() for name, c in checks.items()}
+        report["violations"].extend(c.violation for c in checks.values() if not c.ok)
+    if not ledgers and "silver" not in report:
         raise ConfigError("nothing to verify", hint="pass --ledger FILE or run Silver first")
     report["ok"] = not report["violations"]
     return report

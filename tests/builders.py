@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -98,3 +101,23 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"the stream made no progress within {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def kill_9_mid_run(
+    layer: str, env: dict[str, str], log: Path, commits: int, timeout_s: float, jitter_s: float
+) -> None:
+    """Start `lakehouse run <layer>`, wait until the Delta log `log` has `commits` commits, wait
+    a random moment more, then kill -9 the whole process group (the JVM with it)."""
+    stream = subprocess.Popen(
+        [*LAKEHOUSE, "run", layer], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(list(log.glob("*.json"))) >= commits, stream, timeout_s)
+        time.sleep(random.Random(os.getpid()).uniform(0.0, jitter_s))
+        assert stream.poll() is None, "the stream ended before it could be killed"
+        os.killpg(stream.pid, signal.SIGKILL)
+        stream.wait(timeout=30)
+    finally:
+        if stream.poll() is None:
+            os.killpg(stream.pid, signal.SIGKILL)

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +13,7 @@ from streaming import bronze
 from streaming.config import ENTITIES
 from streaming.simulator.producer import ProduceOptions, run_producer
 from streaming.verify import check_bronze
-from tests.builders import LAKEHOUSE, broken_payloads, lakehouse, publish, wait_for, write_ledger
+from tests.builders import broken_payloads, kill_9_mid_run, lakehouse, publish, write_ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -73,21 +68,9 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     env = lake.process_env(
         LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER="4000", LAKEHOUSE_TRIGGER_INTERVAL="0 seconds"
     )
-    stream = subprocess.Popen(
-        [*LAKEHOUSE, "run", "bronze"], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     log = Path(lake.config.table_path("bronze", "telemetry")) / "_delta_log"
-    try:
-        wait_for(lambda: len(list(log.glob("*.json"))) >= 3, stream, timeout_s=240)
-        # A random moment inside the run: somewhere in the next few micro-batches.
-        time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
-        assert stream.poll() is None, "the stream ended before it could be killed"
-        os.killpg(stream.pid, signal.SIGKILL)
-        stream.wait(timeout=30)
-    finally:
-        if stream.poll() is None:
-            os.killpg(stream.pid, signal.SIGKILL)
+    # A random moment inside the run: somewhere in the next few micro-batches.
+    kill_9_mid_run("bronze", env, log, commits=3, timeout_s=240, jitter_s=2.0)
     partial = check_bronze(spark, lake.config, ledgers)
     assert 0 < partial.bronze_rows < partial.ledger_rows, "the kill did not land mid-run"
     assert partial.duplicated == 0

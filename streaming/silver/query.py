@@ -13,6 +13,7 @@ from streaming.pii import pads_frame
 from streaming.schemas import load_schemas
 from streaming.silver import transform
 from streaming.silver.writer import SilverPaths, SilverWriter
+from streaming.spark import stream_writer
 from streaming.tables import CHANGE_FEED, ensure_table
 
 if TYPE_CHECKING:
@@ -84,17 +85,7 @@ def _start_one(
         .option("maxFilesPerTrigger", str(config.stream.max_files_per_trigger))
         .load(config.table_path(bronze.LAYER, entity))
     )
-    writer = (
-        source.writeStream.queryName(name)
-        .option("checkpointLocation", config.checkpoint_path(name))
-        .foreachBatch(silver_writer)
-    )
-    writer = (
-        writer.trigger(availableNow=True)
-        if once
-        else writer.trigger(processingTime=config.stream.trigger_interval)
-    )
-    return writer.start()
+    return stream_writer(source, name, config, once).foreachBatch(silver_writer).start()
 
 
 def _ensure_outputs(

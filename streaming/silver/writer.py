@@ -9,8 +9,7 @@ the Silver MERGE itself has committed, and after that every write of the batch i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import reduce
@@ -22,15 +21,12 @@ from streaming.config import Config
 from streaming.contracts import Contract
 from streaming.errors import QueryError
 from streaming.silver import transform
+from streaming.tables import idempotent
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-_TXN_APP, _TXN_VERSION = (
-    "spark.databricks.delta.write.txnAppId",
-    "spark.databricks.delta.write.txnVersion",
-)
 
 
 @dataclass(frozen=True)
@@ -237,16 +233,8 @@ class SilverWriter:
             .execute()
         )
 
-    @contextmanager
-    def _idempotent(self, spark: SparkSession, batch_id: int) -> Iterator[None]:
-        """Every Delta write inside carries (query name, batch id): a replay is skipped."""
-        spark.conf.set(_TXN_APP, self.query_name)
-        spark.conf.set(_TXN_VERSION, str(batch_id))
-        try:
-            yield
-        finally:
-            spark.conf.unset(_TXN_APP)
-            spark.conf.unset(_TXN_VERSION)
+    def _idempotent(self, spark: SparkSession, batch_id: int) -> AbstractContextManager[None]:
+        return idempotent(spark, self.query_name, batch_id)
 
 
 def _newer() -> Any:

@@ -1,23 +1,21 @@
-"""Silver end to end on the real broker: the books close, every kind lands where it belongs."""
+"""The whole chain on the real broker: Silver's books close, every kind lands where it belongs,
+Gold equals a recomputation from Silver, also after a kill -9 and a restart."""
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
 from streaming.config import ENTITIES
+from streaming.gold.aggregates import TABLES
 from streaming.simulator.malformed import PRIMARY_ID
 from streaming.simulator.producer import ProduceOptions, run_producer
-from streaming.verify import check_bronze, check_silver, read_ledgers
-from tests.builders import LAKEHOUSE, lakehouse, wait_for
+from streaming.verify import check_bronze, check_gold, check_silver, read_ledgers
+from tests.builders import kill_9_mid_run, lakehouse
 
 pytestmark = pytest.mark.e2e
 PII_KEY = "test-only-pii-key-0123456789abcdef"
@@ -158,6 +156,10 @@ def test_books_close_and_every_kind_lands_where_it_belongs(lake, spark, tmp_path
         "verify", *[f"--ledger={p}" for p in ledgers.values()], env=lake.process_env()
     )
     assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
+    gold = json.loads(verify.stdout)["gold"]  # Gold == recomputation, late rows and dups included
+    assert set(gold) == set(TABLES)
+    for name, check in gold.items():
+        assert check["ok"] and check["gold_rows"] > 0 and check["lag_seconds"] == 0, (name, check)
 
 
 def test_kill_9_mid_run_then_restart_keeps_every_oracle(lake, spark, tmp_path: Path) -> None:
@@ -168,21 +170,9 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle(lake, spark, tmp_path: P
         LAKEHOUSE_MAX_FILES_PER_TRIGGER="2",
         LAKEHOUSE_TRIGGER_INTERVAL="0 seconds",
     )
-    stream = subprocess.Popen(
-        [*LAKEHOUSE, "run", "all"], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     log = Path(lake.config.table_path("silver", "telemetry")) / "_delta_log"
-    try:
-        # table creation + two Silver batches
-        wait_for(lambda: len(list(log.glob("*.json"))) >= 3, stream, timeout_s=300)
-        time.sleep(random.Random(os.getpid()).uniform(0.0, 3.0))
-        assert stream.poll() is None
-        os.killpg(stream.pid, signal.SIGKILL)
-        stream.wait(timeout=30)
-    finally:
-        if stream.poll() is None:
-            os.killpg(stream.pid, signal.SIGKILL)
+    # table creation + two Silver batches, then a random moment
+    kill_9_mid_run("all", env, log, commits=3, timeout_s=300, jitter_s=3.0)
     partial = check_silver(spark, lake.config, "telemetry")
     assert partial.repeated == 0 and partial.unexpected == 0
     assert partial.missing > 0, "the kill did not land before Silver caught up"
@@ -194,3 +184,6 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle(lake, spark, tmp_path: P
     for entity in ENTITIES:
         books = check_silver(spark, lake.config, entity)
         assert books.ok, books
+    for name in TABLES:
+        check = check_gold(spark, lake.config, name)
+        assert check.ok and check.gold_rows > 0, check

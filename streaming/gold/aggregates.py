@@ -1,0 +1,454 @@
+"""Gold aggregates as pure functions of Silver.
+
+Each Gold table is described once (`GoldTable`): its key, how a Silver row maps to the key it
+touches, which Silver dates a touched key needs, and how to build rows from Silver. The writer
+runs `build` on the Silver rows of the keys a micro-batch touched; `verify` runs the same `build`
+on all of Silver. Arithmetic is exact where it can be (counts, decimal sums, integer time), and
+every rounding is deterministic, so incremental Gold and a recomputation compare equal, exactly.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import reduce
+from typing import TYPE_CHECKING
+
+from pyspark.sql import Column, Window
+from pyspark.sql import functions as F
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+MONEY = "decimal(18,2)"
+LEVEL = "decimal(9,4)"
+MAX_GAP_MICROS = 10 * 60 * 1_000_000  # readings further apart than this: the vehicle was offline
+FUNNEL = ("app_open", "search", "view_vehicle", "start_booking", "payment", "end_trip", "rating")
+IN_TRIP = ("completed", "in_progress")
+ROLLING_DAYS = (7, 28)
+UPDATED_AT = "_updated_at"
+UTILIZATION_COLUMNS = (
+    "vehicle_id",
+    "date",
+    "vehicle_type",
+    "trips",
+    "cancelled",
+    "minutes_in_use",
+    "distance_km",
+    "revenue",
+    "utilization_pct",
+    "last_event_time",
+)
+REVENUE_COLUMNS = (
+    "vehicle_type",
+    "date",
+    "bookings",
+    "completed_trips",
+    "cancelled_bookings",
+    "total_revenue",
+    "avg_revenue_per_trip",
+    "total_distance_km",
+    "unique_users",
+    "active_vehicles",
+    "last_event_time",
+)
+BATTERY_COLUMNS = (
+    "vehicle_id",
+    "week_start",
+    "iso_week",
+    "vehicle_type",
+    "readings",
+    "min_battery",
+    "avg_battery",
+    "minutes_critical",
+    "minutes_low",
+    "charge_cycles",
+    "drain_rate_pct_per_hour",
+    "last_event_time",
+)
+
+
+@dataclass(frozen=True)
+class GoldTable:
+    """One Gold table: its key, its Silver sources and how to build it.
+
+    `sources` maps a Silver entity to the key columns of a Silver row, plus `_date`: the row's
+    anchor date. A touched key needs the Silver partitions `_date + span[0] .. _date + span[1]`.
+    `prune` names the key column the MERGE can prune target files by.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    sources: Mapping[str, Callable[[], dict[str, Column]]]
+    build: Callable[[Mapping[str, DataFrame]], DataFrame]
+    span: tuple[int, int] = (0, 0)
+    partition_by: tuple[str, ...] = ()
+    prune: str | None = None
+    rolling: bool = False  # demand's 7- and 28-day averages: see with_rolling, refresh_rolling
+
+
+def _avg(column: str, scale: int = 4) -> Column:
+    """Average over an exact decimal sum, rounded once: the same value in any row order."""
+    return F.round(F.avg(F.col(column).cast(LEVEL)), scale).cast("double")
+
+
+def _seconds_between(start: Column, end: Column) -> Column:
+    return (F.unix_micros(end) - F.unix_micros(start)) / F.lit(1_000_000.0)
+
+
+# demand_by_zone_hour ------------------------------------------------------------------------
+
+DEMAND_KEYS = ("zone_id", "vehicle_type", "date", "hour")
+_ROLLING_GROUP = ("zone_id", "vehicle_type", "hour")
+
+
+def _booking_zone_keys() -> dict[str, Column]:
+    return {
+        "zone_id": F.col("pickup_zone_id"),
+        "vehicle_type": F.col("vehicle_type"),
+        "date": F.col("date"),
+        "hour": F.col("hour"),
+        "_date": F.col("date"),
+    }
+
+
+def _telemetry_zone_keys() -> dict[str, Column]:
+    return {k: F.col(k) for k in DEMAND_KEYS} | {"_date": F.col("date")}
+
+
+def demand_by_zone_hour(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """The seed's demand and supply per zone, vehicle type and hour (rolling averages apart).
+
+    Zones are pickup zones; rows outside every zone are not in this table. Counts and revenue
+    are 0 where only one side has rows; averages stay null where there is nothing to average,
+    and so does utilization_rate where a zone had no vehicles.
+    """
+    demand = (
+        silver["bookings"]
+        .where(F.col("pickup_zone_id").isNotNull())
+        .groupBy(F.col("pickup_zone_id").alias("zone_id"), "vehicle_type", "date", "hour")
+        .agg(
+            F.count(F.lit(1)).alias("booking_count"),
+            F.countDistinct("user_id").alias("unique_users"),
+            _avg("trip_duration_minutes").alias("avg_trip_duration"),
+            F.sum(F.col("revenue").cast(MONEY)).alias("total_revenue"),
+            F.max("event_timestamp").alias("_booked"),
+        )
+    )
+    supply = (
+        silver["telemetry"]
+        .where(F.col("zone_id").isNotNull())
+        .groupBy(*DEMAND_KEYS)
+        .agg(
+            F.countDistinct("vehicle_id").alias("available_vehicles"),
+            _avg("battery_level").alias("avg_battery_level"),
+            F.max("event_timestamp").alias("_seen"),
+        )
+    )
+    joined = demand.join(supply, list(DEMAND_KEYS), "full_outer")
+    return joined.select(
+        *DEMAND_KEYS,
+        F.coalesce("booking_count", F.lit(0)).alias("booking_count"),
+        F.coalesce("unique_users", F.lit(0)).alias("unique_users"),
+        "avg_trip_duration",
+        F.coalesce("total_revenue", F.lit(0).cast("decimal(28,2)")).alias("total_revenue"),
+        F.coalesce("available_vehicles", F.lit(0)).alias("available_vehicles"),
+        "avg_battery_level",
+        F.when(
+            F.col("available_vehicles") > 0,
+            F.round(F.coalesce("booking_count", F.lit(0)) * 100.0 / F.col("available_vehicles"), 4),
+        ).alias("utilization_rate"),
+        F.greatest("_booked", "_seen").alias("last_event_time"),
+    )
+
+
+def _rolling_column(days: int) -> Column:
+    """Bookings per day over the `days` calendar days ending on the row's date (absent days: 0)."""
+    window = (
+        Window.partitionBy(*_ROLLING_GROUP)
+        .orderBy(F.unix_date("date"))
+        .rangeBetween(-(days - 1), 0)
+    )
+    return F.round(F.sum("booking_count").over(window) / F.lit(float(days)), 4)
+
+
+def with_rolling(rows: DataFrame) -> DataFrame:
+    """Add booking_count_7d_avg and _28d_avg (before utilization_rate, in the table's order)."""
+    columns = [c for c in rows.columns if c not in ("utilization_rate", "last_event_time")]
+    averages = [_rolling_column(d).alias(f"booking_count_{d}d_avg") for d in ROLLING_DAYS]
+    return rows.select(*columns, *averages, "utilization_rate", "last_event_time")
+
+
+def refresh_rolling(fresh: DataFrame, touched: DataFrame, gold: DataFrame) -> DataFrame:
+    """Rows to MERGE after `touched` keys changed: the fresh rows with their averages, and every
+    existing row whose rolling window includes a touched date and whose averages moved.
+
+    Only Gold rows of the touched (zone, type, hour) within 27 days either side are read.
+    """
+    group, keys, span = list(_ROLLING_GROUP), list(DEMAND_KEYS), max(ROLLING_DAYS) - 1
+    averages = [f"booking_count_{d}d_avg" for d in ROLLING_DAYS]
+    ranges = touched.groupBy(*group).agg(F.min("date").alias("_lo"), F.max("date").alias("_hi"))
+    near = gold.join(F.broadcast(ranges), group).where(
+        F.col("date").between(F.date_sub("_lo", span), F.date_add("_hi", span))
+    )
+    context = near.join(touched, keys, "left_anti")
+    base = fresh.columns
+    windowed = with_rolling(fresh.select(*base).unionByName(context.select(*base)))
+    changed = (
+        windowed.join(F.broadcast(ranges), group)
+        .where(F.col("date").between(F.col("_lo"), F.date_add("_hi", span)))
+        .join(context.select(*keys, *[F.col(a).alias(f"_old_{a}") for a in averages]), keys)
+        .where(reduce(operator.or_, [~F.col(a).eqNullSafe(F.col(f"_old_{a}")) for a in averages]))
+        .select(*windowed.columns)
+    )
+    return windowed.join(touched, keys, "left_semi").unionByName(changed)
+
+
+# vehicle_utilization_daily, revenue_by_vehicle_type_daily -----------------------------------
+
+
+def _booking_keys(*names: str) -> Callable[[], dict[str, Column]]:
+    return lambda: {n: F.col(n) for n in names} | {"_date": F.col("date")}
+
+
+def _in_trip() -> Column:
+    return F.col("status").isin(*IN_TRIP)
+
+
+def vehicle_utilization_daily(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Per vehicle and day, from bookings: trips (completed or in progress), minutes in use,
+    distance, revenue, and utilisation = minutes in use / 1440."""
+    trip = _in_trip()
+    return (
+        silver["bookings"]
+        .groupBy("vehicle_id", "date")
+        .agg(
+            F.max("vehicle_type").alias("vehicle_type"),
+            F.count(F.when(trip, 1)).alias("trips"),
+            F.count(F.when(F.col("status") == "cancelled", 1)).alias("cancelled"),
+            F.coalesce(
+                F.sum(F.when(trip, F.col("trip_duration_minutes").cast(MONEY))),
+                F.lit(0).cast("decimal(28,2)"),
+            ).alias("minutes_in_use"),
+            F.sum(F.col("distance_km").cast("decimal(18,3)")).alias("distance_km"),
+            F.sum(F.col("revenue").cast(MONEY)).alias("revenue"),
+            F.max("event_timestamp").alias("last_event_time"),
+        )
+        .withColumn(
+            "utilization_pct",
+            F.round(F.col("minutes_in_use").cast("double") * 100.0 / 1440.0, 4),
+        )
+        .select(*UTILIZATION_COLUMNS)
+    )
+
+
+def revenue_by_vehicle_type_daily(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Per vehicle type and day: bookings, trips, cancellations, revenue, distance, reach."""
+    completed = F.col("status") == "completed"
+    return (
+        silver["bookings"]
+        .groupBy("vehicle_type", "date")
+        .agg(
+            F.count(F.lit(1)).alias("bookings"),
+            F.count(F.when(completed, 1)).alias("completed_trips"),
+            F.count(F.when(F.col("status") == "cancelled", 1)).alias("cancelled_bookings"),
+            F.sum(F.col("revenue").cast(MONEY)).alias("total_revenue"),
+            F.sum(F.col("distance_km").cast("decimal(18,3)")).alias("total_distance_km"),
+            F.countDistinct("user_id").alias("unique_users"),
+            F.countDistinct("vehicle_id").alias("active_vehicles"),
+            F.max("event_timestamp").alias("last_event_time"),
+        )
+        .withColumn(
+            "avg_revenue_per_trip",
+            F.when(
+                F.col("completed_trips") > 0,
+                F.round(F.col("total_revenue") / F.col("completed_trips"), 4).cast("double"),
+            ),
+        )
+        .select(*REVENUE_COLUMNS)
+    )
+
+
+# battery_health_metrics_weekly ----------------------------------------------------------------
+
+
+def _week_start(timestamp: Column) -> Column:
+    return F.date_trunc("week", timestamp).cast("date")  # Monday, as ISO weeks start
+
+
+def _battery_keys() -> dict[str, Column]:
+    week = _week_start(F.col("event_timestamp"))
+    return {"vehicle_id": F.col("vehicle_id"), "week_start": week, "_date": week}
+
+
+def battery_health_metrics_weekly(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Per vehicle and ISO week, from telemetry in event-time order.
+
+    Time in a state is the time from a reading to the next one in the same week; gaps over ten
+    minutes (the vehicle was offline) count nowhere. A charge cycle is a reading that enters
+    `charging`. Drain rate is battery percent lost per hour between consecutive readings while
+    not charging.
+    """
+    order = Window.partitionBy("vehicle_id", "week_start").orderBy("event_timestamp")
+    micros = F.unix_micros("event_timestamp")
+    level = F.col("battery_level").cast(LEVEL)
+    gap = F.lead(micros).over(order) - micros
+    counted = F.when(gap <= MAX_GAP_MICROS, gap)
+    previous_gap = micros - F.lag(micros).over(order)
+    draining = (
+        (F.col("status") != "charging")
+        & (F.lag("status").over(order) != "charging")
+        & (previous_gap <= MAX_GAP_MICROS)
+    )
+    readings = silver["telemetry"].withColumn("week_start", _week_start(F.col("event_timestamp")))
+    steps = readings.select(
+        "vehicle_id",
+        "week_start",
+        "vehicle_type",
+        "event_timestamp",
+        "battery_status",
+        level.alias("level"),
+        counted.alias("_gap"),
+        F.when(draining, F.lag(level).over(order) - level).alias("_drop"),
+        F.when(draining, previous_gap).alias("_drain_micros"),
+        (
+            (F.col("status") == "charging")
+            & F.coalesce(F.lag("status").over(order) != "charging", F.lit(True))
+        ).alias("_charge_start"),
+    )
+
+    def minutes_where(status: str) -> Column:
+        spent = F.sum(F.when(F.col("battery_status") == status, F.col("_gap")))
+        return F.round(F.coalesce(spent, F.lit(0)) / F.lit(60_000_000.0), 4)
+
+    drained_hours = F.sum("_drain_micros") / F.lit(3_600_000_000.0)
+    return (
+        steps.groupBy("vehicle_id", "week_start")
+        .agg(
+            F.max("vehicle_type").alias("vehicle_type"),
+            F.count(F.lit(1)).alias("readings"),
+            F.min("level").cast("double").alias("min_battery"),
+            F.round(F.avg("level"), 4).cast("double").alias("avg_battery"),
+            minutes_where("critical").alias("minutes_critical"),
+            minutes_where("low").alias("minutes_low"),
+            F.count(F.when(F.col("_charge_start"), 1)).alias("charge_cycles"),
+            F.when(
+                drained_hours > 0, F.round(F.sum("_drop").cast("double") / drained_hours, 4)
+            ).alias("drain_rate_pct_per_hour"),
+            F.max("event_timestamp").alias("last_event_time"),
+        )
+        .withColumn(
+            "iso_week",
+            F.format_string(
+                "%d-W%02d", F.year(F.date_add("week_start", 3)), F.weekofyear("week_start")
+            ),
+        )
+        .select(*BATTERY_COLUMNS)
+    )
+
+
+# customer_journey_events ----------------------------------------------------------------------
+
+
+def _session_keys() -> dict[str, Column]:
+    return {"session_id": F.col("session_id"), "_date": F.col("date")}
+
+
+def customer_journey_events(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Per app session: the user's token, funnel steps in event order, conversion, time to book.
+
+    The user is identified by the HMAC token of their email (Silver's `email_token`), never in
+    clear. A session converts when it reaches `payment`; time to book runs from its first event.
+    """
+    funnel = F.array(*[F.lit(step) for step in FUNNEL])
+    # Events of one instant keep their Kafka order (a user's events share a partition).
+    ordered = F.sort_array(
+        F.collect_list(
+            F.struct(
+                "event_timestamp", "_kafka_partition", "_kafka_offset", "event_id", "event_type"
+            )
+        )
+    )
+    booked = F.min(F.when(F.col("event_type") == "payment", F.col("event_timestamp")))
+    return (
+        silver["user_events"]
+        .groupBy("session_id")
+        .agg(
+            F.min("email_token").alias("user_token"),
+            F.min("event_timestamp").alias("session_start"),
+            F.max("event_timestamp").alias("session_end"),
+            ordered.alias("_ordered"),
+            booked.alias("_booked_at"),
+        )
+        .select(
+            "session_id",
+            F.to_date("session_start").alias("date"),
+            "user_token",
+            "session_start",
+            "session_end",
+            F.transform("_ordered", lambda step: step["event_type"]).alias("steps"),
+            F.size("_ordered").alias("step_count"),
+            F.array_max(
+                F.transform("_ordered", lambda step: F.array_position(funnel, step["event_type"]))
+            ).alias("funnel_depth"),
+            F.col("_booked_at").isNotNull().alias("converted"),
+            _seconds_between(F.col("session_start"), F.col("_booked_at")).alias(
+                "time_to_book_seconds"
+            ),
+            F.col("session_end").alias("last_event_time"),
+        )
+    )
+
+
+TABLES: dict[str, GoldTable] = {
+    t.name: t
+    for t in (
+        GoldTable(
+            "demand_by_zone_hour",
+            DEMAND_KEYS,
+            {"bookings": _booking_zone_keys, "telemetry": _telemetry_zone_keys},
+            demand_by_zone_hour,
+            partition_by=("date",),
+            prune="date",
+            rolling=True,
+        ),
+        GoldTable(
+            "vehicle_utilization_daily",
+            ("vehicle_id", "date"),
+            {"bookings": _booking_keys("vehicle_id", "date")},
+            vehicle_utilization_daily,
+            partition_by=("date",),
+            prune="date",
+        ),
+        GoldTable(
+            "revenue_by_vehicle_type_daily",
+            ("vehicle_type", "date"),
+            {"bookings": _booking_keys("vehicle_type", "date")},
+            revenue_by_vehicle_type_daily,
+            prune="date",
+        ),
+        GoldTable(
+            "battery_health_metrics_weekly",
+            ("vehicle_id", "week_start"),
+            {"telemetry": _battery_keys},
+            battery_health_metrics_weekly,
+            span=(0, 6),
+            partition_by=("week_start",),
+            prune="week_start",
+        ),
+        GoldTable(
+            "customer_journey_events",
+            ("session_id",),
+            {"user_events": _session_keys},
+            customer_journey_events,
+            span=(-1, 1),  # a session may cross midnight; sessions are shorter than a day
+        ),
+    )
+}
+
+
+def recompute(table: GoldTable, silver: Mapping[str, DataFrame]) -> DataFrame:
+    """The whole table from the given Silver frames: what Gold must equal."""
+    rows = table.build(silver)
+    return with_rolling(rows) if table.rolling else rows
