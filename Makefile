@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RATE   ?= 5000
 export LAKEHOUSE_KAFKA_DIR ?= $(CURDIR)/.kafka
+export LAKEHOUSE_S3_DIR ?= $(CURDIR)/.s3
 # A development-only key so `make run` works out of the box; production sets its own secret.
 export LAKEHOUSE_PII_KEY ?= local-development-only-pii-key
 
@@ -48,4 +49,4 @@ lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/mypy streaming
 
 clean: ## remove local tables, checkpoints and broker data (not the venv or jars)
-	rm -rf lakehouse checkpoints .kafka demo.ledger
+	rm -rf lakehouse checkpoints .kafka .s3 demo.ledger

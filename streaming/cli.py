@@ -8,8 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
+from streaming.bench.options import add_arguments as add_bench_arguments
 from streaming.config import ENTITIES, Config, load_config
-from streaming.errors import LakehouseError, VerificationFailed
+from streaming.errors import ConfigError, LakehouseError, VerificationFailed
 
 log = logging.getLogger("lakehouse")
 
@@ -38,11 +39,42 @@ def _kafka(config: Config, args: argparse.Namespace) -> int:
     from streaming.kafka import broker
 
     if args.action == "start":
-        print(broker.start(config.broker, config.jars_dir))
+        kafka = config.kafka
+        scram = (kafka.sasl_username, kafka.sasl_password) if kafka.sasl_password else None
+        print(broker.start(config.broker, config.jars_dir, scram))  # type: ignore[arg-type]
     elif args.action == "stop":
         print(broker.stop(config.broker))
     else:
         running, line = broker.status(config.broker)
+        print(line)
+        return 0 if running else 1
+    return 0
+
+
+def _s3(config: Config, args: argparse.Namespace) -> int:
+    from streaming.s3 import server, storage
+
+    if args.action == "start":
+        buckets = [
+            storage.split(location)[0]
+            for location in (config.root, config.checkpoints)
+            if storage.is_s3(location)
+        ]
+        buckets += [args.bucket] if args.bucket else []
+        print(server.start(config.s3_server, config.s3, config.jars_dir, buckets))
+    elif args.action == "stop":
+        print(server.stop(config.s3_server))
+    elif args.action == "mb":
+        if not args.bucket:
+            raise ConfigError("`lakehouse s3 mb` needs a bucket name", hint="lakehouse s3 mb lake")
+        try:
+            created = storage.make_bucket(config.s3, args.bucket)
+        except OSError as exc:
+            raise storage.s3_error(config, f"creating the bucket '{args.bucket}'", exc) from None
+        where = config.s3.endpoint or "AWS S3"
+        print(f"bucket {args.bucket} {'created' if created else 'exists already'} on {where}")
+    else:
+        running, line = server.status(config.s3_server)
         print(line)
         return 0 if running else 1
     return 0
@@ -109,6 +141,12 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(config: Config, args: argparse.Namespace) -> int:
+    from streaming.bench.harness import bench
+
+    return bench(config, args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakehouse",
@@ -121,6 +159,11 @@ def _parser() -> argparse.ArgumentParser:
     kafka = commands.add_parser("kafka", help="the local single-node Kafka broker")
     kafka.add_argument("action", choices=["start", "stop", "status"])
     kafka.set_defaults(handler=_kafka)
+
+    s3 = commands.add_parser("s3", help="the local S3 API server (s3proxy), and buckets")
+    s3.add_argument("action", choices=["start", "stop", "status", "mb"])
+    s3.add_argument("bucket", nargs="?", help="mb: bucket to create on LAKEHOUSE_S3_ENDPOINT")
+    s3.set_defaults(handler=_s3)
 
     topics = commands.add_parser("topics", help="create every configured topic")
     topics.add_argument("action", choices=["create"])
@@ -151,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=_positive_int, default=20)
     show.add_argument("--json", action="store_true", help="one JSON object per row")
     show.set_defaults(handler=_show)
+
+    bench = commands.add_parser("bench", help="the benchmark harness: drain and rate ladders")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
 
     verify = commands.add_parser("verify", help="check the correctness oracles")
     verify.add_argument("--ledger", type=Path, action="append", help="producer ledger (repeat)")

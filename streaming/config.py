@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,36 @@ class LocalBrokerConfig:
     controller_port: int
     data_dir: Path
     heap: str = "768m"
+    # A second listener, SASL_PLAINTEXT with SCRAM-SHA-256/512, when non-zero; its one user is
+    # KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD (registered through the PLAINTEXT listener).
+    scram_port: int = 0
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """The S3 API behind `s3a://` locations, for Spark (S3A), delta-rs and pyarrow alike.
+
+    No endpoint means AWS itself; no keys means the default AWS credential chain (an IAM role).
+    """
+
+    endpoint: str = ""
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+    # "single-driver": one writing driver per table, enforced by a lease (streaming.s3.lease);
+    # "dynamodb": Delta's S3DynamoDBLogStore makes concurrent writers safe.
+    log_store: str = "single-driver"
+    dynamodb_table: str = "delta_log"
+
+
+@dataclass(frozen=True)
+class LocalS3Config:
+    """The local S3 API server (s3proxy over a folder) that `lakehouse s3 start` runs."""
+
+    port: int = 9000
+    data_dir: Path = PROJECT_DIR / ".s3"
+    heap: str = "384m"
 
 
 @dataclass(frozen=True)
@@ -141,6 +171,8 @@ class Config:
     geofences_file: Path = PROJECT_DIR / "data" / "nyc" / "taxi_zones.geojson"
     schemas_dir: Path = PROJECT_DIR / "schemas"
     contracts_dir: Path = PROJECT_DIR / "contracts"
+    s3: S3Config = field(default_factory=S3Config)
+    s3_server: LocalS3Config = field(default_factory=LocalS3Config)
 
     def require_pii_key(self) -> Secret:
         """The HMAC key for PII tokens; Silver refuses to start without one."""
@@ -186,9 +218,10 @@ def load_config(
         .expanduser()
         .resolve(),
         heap=settings.text("LAKEHOUSE_KAFKA_HEAP", ("broker", "heap"), "768m"),
+        scram_port=settings.integer("LAKEHOUSE_KAFKA_SCRAM_PORT", ("broker", "scram_port"), 0),
     )
     if broker.controller_port == 0:
-        broker = LocalBrokerConfig(broker.port, broker.port + 1, broker.data_dir, broker.heap)
+        broker = replace(broker, controller_port=broker.port + 1)
 
     password = settings.text("KAFKA_SASL_PASSWORD", ("kafka", "sasl_password"), "")
     kafka = KafkaConfig(
@@ -272,6 +305,14 @@ def load_config(
         contracts_dir=_folder(
             settings.text("LAKEHOUSE_CONTRACTS", ("contracts_dir",), ""), "contracts"
         ),
+        s3=_s3(settings),
+        s3_server=LocalS3Config(
+            port=settings.integer("LAKEHOUSE_S3_PORT", ("s3_server", "port"), 9000),
+            data_dir=Path(settings.text("LAKEHOUSE_S3_DIR", ("s3_server", "data_dir"), ".s3"))
+            .expanduser()
+            .resolve(),
+            heap=settings.text("LAKEHOUSE_S3_HEAP", ("s3_server", "heap"), "384m"),
+        ),
     )
 
 
@@ -350,6 +391,34 @@ def _storage_location(value: str, name: str) -> str:
             )
         return value.rstrip("/")
     return str(Path(value).expanduser().resolve())
+
+
+def _s3(settings: _Settings) -> S3Config:
+    endpoint = settings.text("LAKEHOUSE_S3_ENDPOINT", ("s3", "endpoint"), "").rstrip("/")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"LAKEHOUSE_S3_ENDPOINT '{endpoint}' is not an http:// or https:// URL",
+            hint="e.g. http://127.0.0.1:9000 for `lakehouse s3 start`; leave it empty for AWS",
+        )
+    log_store = settings.text("LAKEHOUSE_DELTA_LOG_STORE", ("s3", "log_store"), "single-driver")
+    if log_store not in {"single-driver", "dynamodb"}:
+        raise ConfigError(
+            f"LAKEHOUSE_DELTA_LOG_STORE '{log_store}' is not a known Delta log store",
+            hint="use single-driver (one writer per table, the default) or dynamodb",
+        )
+    secret = settings.text("AWS_SECRET_ACCESS_KEY", ("s3", "secret_access_key"), "")
+    token = settings.text("AWS_SESSION_TOKEN", ("s3", "session_token"), "")
+    return S3Config(
+        endpoint=endpoint,
+        region=settings.text("AWS_REGION", ("s3", "region"), "us-east-1"),
+        access_key_id=settings.text("AWS_ACCESS_KEY_ID", ("s3", "access_key_id"), "") or None,
+        secret_access_key=Secret(secret) if secret else None,
+        session_token=Secret(token) if token else None,
+        log_store=log_store,
+        dynamodb_table=settings.text(
+            "LAKEHOUSE_DYNAMODB_TABLE", ("s3", "dynamodb_table"), "delta_log"
+        ),
+    )
 
 
 def _positive(value: Any, name: str) -> int:

@@ -1,10 +1,10 @@
 """Where the JVM jars live and how they get there.
 
-`python -m streaming.jars fetch` resolves the resolve-only POMs under `jvm/` with Maven into
-git-ignored folders under `jars/`: `jars/spark` (added to Spark's classpath) and `jars/kafka`
-(the local broker's classpath). Jars whose artifact pyspark already ships are removed, so one
-library never sits on the classpath twice. A stamp (hash of the POM + pyspark version) makes a
-second run a no-op.
+`python -m streaming.jars fetch [group ...]` resolves the resolve-only POMs under `jvm/` with
+Maven into git-ignored folders under `jars/`: `jars/spark` (added to Spark's classpath),
+`jars/kafka` (the local broker's classpath) and `jars/s3` (the local S3 API server's). Jars
+whose artifact pyspark already ships are removed, so one library never sits on the classpath
+twice. A stamp (hash of the POM + pyspark version) makes a second run a no-op.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from streaming.errors import SetupError
 
 JVM_DIR = Path(__file__).resolve().parent.parent / "jvm"
-GROUPS = ("spark", "kafka")
+GROUPS = ("spark", "kafka", "s3")
 STAMP = ".fetched"
 
 
@@ -118,12 +118,13 @@ def _stamp(pom: Path) -> str:
 def main(argv: list[str]) -> int:
     from streaming.config import load_config
 
-    if argv[:1] != ["fetch"]:
-        print("usage: python -m streaming.jars fetch", file=sys.stderr)
+    groups = argv[1:] or list(GROUPS)
+    if argv[:1] != ["fetch"] or not set(groups) <= set(GROUPS):
+        print(f"usage: python -m streaming.jars fetch [{'|'.join(GROUPS)} ...]", file=sys.stderr)
         return 2
     jars_dir = load_config().jars_dir
     try:
-        for group in GROUPS:
+        for group in groups:
             print(fetch(jars_dir, group), flush=True)
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,8 @@ from streaming.errors import ConfigError, QueryError
 from streaming.gold.query import start_gold
 from streaming.kafka.admin import require_topics
 from streaming.metrics import PipelineMetrics, ProgressListener
+from streaming.s3 import lease as s3_lease
+from streaming.s3 import storage as s3_storage
 from streaming.silver.query import SilverInputs, check_inputs, start_silver
 from streaming.spark import build_spark
 
@@ -43,6 +45,11 @@ class Plan:
 
 def run(config: Config, layer: str, once: bool) -> None:
     plan = preflight(config, list(LAYERS) if layer == "all" else [layer])
+    with s3_lease.writer_leases(config, plan.layers):  # one writer per table on S3
+        _run(config, plan, layer, once)
+
+
+def _run(config: Config, plan: Plan, layer: str, once: bool) -> None:
     spark = build_spark(config, app_name=f"lakehouse-{layer}")
     metrics = PipelineMetrics()
     metrics.serve(config.metrics_port)
@@ -94,13 +101,16 @@ def _start_layer(
 def preflight(config: Config, layers: list[str]) -> Plan:
     """Fail with one clear line before any stream starts."""
     silver = check_inputs(config) if "silver" in layers else None
-    jars.require(config.jars_dir, "spark")
+    spark_jars = jars.require(config.jars_dir, "spark")
+    s3_storage.require_log_store_jars(config, [jar.name for jar in spark_jars])
     for setting, location in (
         ("LAKEHOUSE_ROOT", config.root),
         ("LAKEHOUSE_CHECKPOINTS", config.checkpoints),
     ):
         if "://" not in location:
             _require_writable(setting, Path(location))
+        else:  # the bucket exists, the credentials work, the prefix is writable
+            s3_storage.check_location(config, setting, location)
     if "bronze" in layers:
         require_topics(config, list(ENTITIES))
     return Plan(layers, silver)

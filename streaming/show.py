@@ -11,6 +11,7 @@ from typing import Any
 
 from streaming.config import Config
 from streaming.errors import ConfigError
+from streaming.s3.storage import delta_rs_uri, storage_options
 
 _NAME = re.compile(r"^(bronze|silver|quarantine|gold)[./]([A-Za-z0-9_/]+)$")
 
@@ -35,7 +36,9 @@ def read_table(
 
     location = table_location(config, name)
     try:
-        dataset = DeltaTable(location).to_pyarrow_dataset()
+        dataset = DeltaTable(
+            delta_rs_uri(location), storage_options=storage_options(config)
+        ).to_pyarrow_dataset()
     except TableNotFoundError:
         raise ConfigError(
             f"table {name} does not exist at {location}",

@@ -14,12 +14,18 @@ from typing import TYPE_CHECKING
 from streaming import jars
 from streaming.config import Config
 from streaming.errors import SetupError
+from streaming.s3 import storage as s3_storage
 
 LOG4J = Path(__file__).resolve().parent / "log4j2.properties"
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
+
+
+def submitted() -> bool:
+    """True when spark-submit launched this Python driver (its JVM is already running)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def build_spark(config: Config, app_name: str = "lakehouse") -> SparkSession:
@@ -34,6 +40,7 @@ def build_spark(config: Config, app_name: str = "lakehouse") -> SparkSession:
     for key, value in session_conf(config).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    s3_storage.apply_credentials(spark, config)  # after start: off the JVM's command line
     return spark
 
 
@@ -71,9 +78,11 @@ def session_conf(config: Config) -> dict[str, str]:
         # Delta's own copy of it would be a second, redundant job per MERGE.
         "spark.databricks.delta.merge.materializeSource": "none",
     }
-    conf["spark.master"] = config.spark.master
-    conf["spark.driver.memory"] = config.spark.driver_memory
-    conf["spark.jars"] = ",".join(str(jar) for jar in jars.require(config.jars_dir, "spark"))
+    if not submitted():  # under spark-submit, its --master, --driver-memory and --jars rule
+        conf["spark.master"] = config.spark.master
+        conf["spark.driver.memory"] = config.spark.driver_memory
+        conf["spark.jars"] = ",".join(str(jar) for jar in jars.require(config.jars_dir, "spark"))
+    conf.update(s3_storage.spark_conf(config))  # S3A and the Delta log store, for s3a:// only
     conf.update(config.spark.extra)
     return conf
 

@@ -23,8 +23,9 @@ from tests.conftest import lake_env
 PII_KEY = "test-only-pii-key-0123456789abcdef"
 TIMES_SQUARE = (40.7580, -73.9855)  # TLC zone 230, Times Sq/Theatre District
 ZONE = 230
-# "Yesterday" at a time of day that has passed today, so every booking is in the past.
-BASE = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1, minutes=5)
+# "Yesterday", ten minutes into an hour that has passed today: every booking is in the past,
+# and readings a few minutes later stay in the same hour whatever time the suite runs.
+BASE = (datetime.now(UTC) - timedelta(days=1, hours=1)).replace(minute=10, second=0, microsecond=0)
 
 
 @pytest.fixture

@@ -15,18 +15,29 @@ from streaming.errors import BrokerError
 _CLIENT_LOG = logging.getLogger("streaming.kafka.client")
 
 
-def admin_client(kafka: KafkaConfig) -> AdminClient:
+def admin_client(kafka: KafkaConfig, errors: list[KafkaError] | None = None) -> AdminClient:
+    """An AdminClient; `errors` collects the client's background errors (failed logins)."""
     options: dict[str, Any] = {**kafka.client_options(), "logger": _CLIENT_LOG}
+    if errors is not None:
+        options["error_cb"] = errors.append
     return AdminClient(options)
 
 
 def cluster_metadata(kafka: KafkaConfig, timeout_s: float = 10.0) -> ClusterMetadata:
-    """Cluster metadata, or one BrokerError saying the brokers cannot be reached."""
+    """Cluster metadata, or one BrokerError: the brokers refused the login or cannot be reached."""
+    background: list[KafkaError] = []
+    admin = admin_client(kafka, background)
     try:
-        return admin_client(kafka).list_topics(timeout=timeout_s)
+        return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError) and error.code() in _AUTH_ERRORS:
+        # A refused SASL login surfaces as a background error (served by poll); the request
+        # itself only times out.
+        admin.poll(0.5)
+        reported = [exc.args[0]] if exc.args else []
+        auth = [e for e in [*reported, *background] if isinstance(e, KafkaError)
+                and e.code() in _AUTH_ERRORS]  # fmt: skip
+        if auth:
+            error = auth[0]
             raise BrokerError(
                 f"Kafka at {kafka.bootstrap_servers} refused the credentials: {error.str()}",
                 hint="check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD / KAFKA_SASL_MECHANISM",

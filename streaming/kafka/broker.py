@@ -8,32 +8,42 @@ State lives in `LAKEHOUSE_KAFKA_DIR` (default `./.kafka`): data, pid file, logs.
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 from streaming import jars
-from streaming.config import KafkaConfig, LocalBrokerConfig
-from streaming.errors import BrokerError, SetupError
-from streaming.kafka.admin import cluster_metadata
+from streaming.config import KafkaConfig, LocalBrokerConfig, Secret
+from streaming.errors import BrokerError, ConfigError, SetupError
+from streaming.kafka.admin import admin_client, cluster_metadata
+from streaming.processes import alive, require_free_port, stop_pid
+
+ScramUser = tuple[str, Secret]
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 
 
-def start(broker: LocalBrokerConfig, jars_dir: Path) -> str:
-    """Start the broker unless it runs already; return once it answers metadata requests."""
+def start(broker: LocalBrokerConfig, jars_dir: Path, scram: ScramUser | None = None) -> str:
+    """Start the broker unless it runs already; return once it answers metadata requests.
+
+    With `broker.scram_port` set, a SASL_PLAINTEXT listener takes SCRAM logins and `scram`
+    (user, password) is registered for both SCRAM mechanisms once the broker is up.
+    """
     classpath = f"{jars_dir / 'kafka'}/*"
     jars.require(jars_dir, "kafka")
     pid = running_pid(broker)
     if pid is not None:
         return f"Kafka broker already running (pid {pid}) on 127.0.0.1:{broker.port}"
-    for port in (broker.port, broker.controller_port):
-        _require_free_port(port)
+    if broker.scram_port and scram is None:
+        raise ConfigError(
+            "the SCRAM listener (LAKEHOUSE_KAFKA_SCRAM_PORT) needs a user",
+            hint="set KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+        )
+    for port in (broker.port, broker.controller_port, broker.scram_port):
+        if port:
+            require_free_port(port, BrokerError, "LAKEHOUSE_KAFKA_PORT")
     broker.data_dir.mkdir(parents=True, exist_ok=True)
     properties = _write_config(broker)
     if not (broker.data_dir / "data" / "meta.properties").exists():
@@ -51,10 +61,39 @@ def start(broker: LocalBrokerConfig, jars_dir: Path) -> str:
         )  # fmt: skip
     _pid_file(broker).write_text(str(process.pid))
     _wait_ready(broker, process)
+    scram_line = ""
+    if broker.scram_port and scram is not None:
+        _register_scram_user(broker, *scram)
+        scram_line = f", SASL/SCRAM on 127.0.0.1:{broker.scram_port} for user {scram[0]}"
     return (
-        f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}, "
+        f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}{scram_line}, "
         f"data in {broker.data_dir}"
     )
+
+
+def _register_scram_user(broker: LocalBrokerConfig, user: str, password: Secret) -> None:
+    """Upsert the user's SCRAM credentials over the PLAINTEXT listener (never on a command
+    line, where `ps` would show the password)."""
+    from confluent_kafka.admin import (
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialAlteration,
+        UserScramCredentialUpsertion,
+    )
+
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(
+            user, ScramCredentialInfo(mechanism, 4096), password.reveal().encode()
+        )
+        for mechanism in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512)
+    ]
+    admin = admin_client(_local_client(broker))  # must outlive the futures it hands out
+    for upsert in upserts:  # one alteration per user and request
+        try:
+            for future in admin.alter_user_scram_credentials([upsert]).values():
+                future.result(timeout=30)
+        except Exception as exc:  # one line, without the credentials
+            raise BrokerError(f"registering the SCRAM user {user} failed: {exc}") from None
 
 
 def stop(broker: LocalBrokerConfig) -> str:
@@ -63,13 +102,7 @@ def stop(broker: LocalBrokerConfig) -> str:
     if pid is None:
         _pid_file(broker).unlink(missing_ok=True)
         return "Kafka broker is not running"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    forced = _alive(pid)
-    if forced:
-        os.kill(pid, signal.SIGKILL)
+    forced = stop_pid(pid, STOP_TIMEOUT_S)
     _pid_file(broker).unlink(missing_ok=True)
     return f"Kafka broker stopped (pid {pid}){' with SIGKILL after a timeout' if forced else ''}"
 
@@ -98,7 +131,7 @@ def running_pid(broker: LocalBrokerConfig) -> int | None:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
     return pid if b"kafka.Kafka" in cmdline else None
 
 
@@ -148,6 +181,7 @@ def _format_storage(classpath: str, properties: Path, broker: LocalBrokerConfig)
 def _write_config(broker: LocalBrokerConfig) -> Path:
     data = broker.data_dir
     properties = data / "server.properties"
+    scram_listener = f",SASL_PLAINTEXT://127.0.0.1:{broker.scram_port}" if broker.scram_port else ""
     properties.write_text(
         "\n".join(
             [
@@ -155,11 +189,18 @@ def _write_config(broker: LocalBrokerConfig) -> Path:
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{broker.controller_port}",
                 f"listeners=PLAINTEXT://127.0.0.1:{broker.port},"
-                f"CONTROLLER://127.0.0.1:{broker.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker.port}",
+                f"CONTROLLER://127.0.0.1:{broker.controller_port}{scram_listener}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker.port}{scram_listener}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map="
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+                "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+                *[
+                    f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    for m in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                ],
                 f"log.dirs={data / 'data'}",
                 "num.partitions=1",
                 "auto.create.topics.enable=false",
@@ -197,31 +238,6 @@ def _write_config(broker: LocalBrokerConfig) -> Path:
         )
     )
     return properties
-
-
-def _require_free_port(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise BrokerError(
-                f"port {port} on 127.0.0.1 is already in use by another process",
-                hint="stop that process or choose other ports with LAKEHOUSE_KAFKA_PORT",
-            ) from None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return True
 
 
 def _pid_file(broker: LocalBrokerConfig) -> Path:

@@ -1,0 +1,128 @@
+"""The benchmark's flags: parsed and checked here, with no heavy import, so `lakehouse --help`
+stays fast. Every impossible value is a ConfigError before anything touches Kafka or Spark."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from streaming.errors import ConfigError
+
+DEFAULT_EVENTS = 2_000_000
+DEFAULT_RATES = (10_000, 25_000, 50_000, 75_000)
+DEFAULT_RATE_SECONDS = 60
+QUICK_EVENTS = 20_000
+QUICK_RATES = (2_000,)
+QUICK_RATE_SECONDS = 20
+LADDERS = ("drain", "rates")
+DRAIN_MODES = ("separate", "chained")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """One benchmark run, every default resolved."""
+
+    events: int
+    rates: tuple[int, ...]
+    rate_seconds: int
+    out: Path
+    ladders: tuple[str, ...]
+    drain_mode: str  # separate: one Spark application per step; chained: one for all steps
+    seed: int
+    quick: bool
+    work: Path | None
+    keep: bool
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `lakehouse bench` (and of `python -m streaming.bench`)."""
+    parser.add_argument(
+        "--events", type=int, help=f"telemetry events in the corpus (default {DEFAULT_EVENTS:,})"
+    )
+    parser.add_argument(
+        "--rates",
+        help="events per second of the rate ladder, comma-separated "
+        f"(default {','.join(map(str, DEFAULT_RATES))})",
+    )
+    parser.add_argument(
+        "--rate-seconds", type=int, help=f"seconds per rate (default {DEFAULT_RATE_SECONDS})"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default bench-results/<UTC timestamp>)"
+    )
+    parser.add_argument(
+        "--ladders", default=",".join(LADDERS), help="which ladders to run (default drain,rates)"
+    )
+    parser.add_argument(
+        "--drain-mode",
+        choices=DRAIN_MODES,
+        help="separate: each Spark step in its own application from an empty lake (default); "
+        "chained: one application, layer after layer (the default with --quick)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_EVENTS:,} events, one rate of {QUICK_RATES[0]:,}/s for "
+        f"{QUICK_RATE_SECONDS} s, chained drain ladder",
+    )
+    parser.add_argument(
+        "--work", type=Path, help="folder for the throw-away lakes (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the throw-away lakes and topics afterwards"
+    )
+
+
+def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> BenchOptions:
+    """Resolve the defaults (`--quick` changes them) and refuse impossible values."""
+    quick = bool(args.quick)
+    events = args.events if args.events is not None else QUICK_EVENTS if quick else DEFAULT_EVENTS
+    if events < 1_000:
+        raise ConfigError(f"--events must be at least 1000, got {events}")
+    rates = parse_rates(args.rates) if args.rates else QUICK_RATES if quick else DEFAULT_RATES
+    seconds = args.rate_seconds
+    if seconds is None:
+        seconds = QUICK_RATE_SECONDS if quick else DEFAULT_RATE_SECONDS
+    if seconds < 5:
+        raise ConfigError(f"--rate-seconds must be at least 5, got {seconds}")
+    ladders = tuple(part.strip() for part in str(args.ladders).split(",") if part.strip())
+    unknown = [ladder for ladder in ladders if ladder not in LADDERS]
+    if unknown or not ladders:
+        raise ConfigError(
+            f"--ladders must name drain and/or rates, got {args.ladders!r}",
+            hint="e.g. --ladders drain or --ladders drain,rates",
+        )
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return BenchOptions(
+        events=events,
+        rates=rates,
+        rate_seconds=seconds,
+        out=args.out if args.out is not None else Path("bench-results") / stamp,
+        ladders=ladders,
+        drain_mode=args.drain_mode or ("chained" if quick else "separate"),
+        seed=args.seed,
+        quick=quick,
+        work=args.work,
+        keep=bool(args.keep),
+    )
+
+
+def parse_rates(text: str) -> tuple[int, ...]:
+    """`"10000,25000"` -> (10000, 25000); sorted, each a whole number of events per second."""
+    rates = []
+    for part in text.split(","):
+        part = part.strip().replace("_", "")
+        try:
+            rate = int(float(part[:-1]) * 1000) if part.lower().endswith("k") else int(part)
+        except ValueError:
+            raise ConfigError(
+                f"--rates must be whole numbers of events per second, got {part!r}",
+                hint="e.g. --rates 10000,25000 or --rates 10k,25k",
+            ) from None
+        if rate < 1:
+            raise ConfigError(f"--rates must be positive, got {rate}")
+        rates.append(rate)
+    return tuple(sorted(set(rates)))

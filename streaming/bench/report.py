@@ -1,0 +1,303 @@
+"""Where the figures go: results.json, results.md and chart.png, plus what they were measured on
+(versions, the settings that shape throughput, the machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from streaming.config import Config
+from streaming.errors import SetupError
+
+JSON_FILE, MARKDOWN_FILE, CHART_FILE = "results.json", "results.md", "chart.png"
+
+
+def environment(config: Config) -> dict[str, Any]:
+    return {"versions": versions(config), "settings": settings(config), "machine": machine()}
+
+
+def versions(config: Config) -> dict[str, str | None]:
+    import confluent_kafka
+
+    spark_jars, kafka_jars = config.jars_dir / "spark", config.jars_dir / "kafka"
+    return {
+        "python": platform.python_version(),
+        "pyspark": _package("pyspark"),
+        "delta_spark": _package("delta-spark"),
+        "delta_jar": _jar_version(spark_jars, "delta-spark_"),
+        "spark_kafka_connector": _jar_version(spark_jars, "spark-sql-kafka-0-10_"),
+        "kafka_clients_in_spark": _jar_version(spark_jars, "kafka-clients-"),
+        "kafka_broker": _jar_version(kafka_jars, "kafka_2.13-"),  # what `lakehouse kafka` runs
+        "confluent_kafka": _package("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "deltalake": _package("deltalake"),
+        "java": _java_version(),
+    }
+
+
+def settings(config: Config) -> dict[str, Any]:
+    from streaming.silver.query import MAX_BYTES_PER_TRIGGER
+
+    return {
+        "spark_master": config.spark.master,
+        "driver_memory": config.spark.driver_memory,
+        "shuffle_partitions": config.spark.shuffle_partitions,
+        "trigger_interval": config.stream.trigger_interval,
+        "max_offsets_per_trigger": config.stream.max_offsets_per_trigger,
+        "max_files_per_trigger": config.stream.max_files_per_trigger,
+        "silver_max_bytes_per_trigger": MAX_BYTES_PER_TRIGGER,
+        "telemetry_partitions": config.topic("telemetry").partitions,
+        "kafka_bootstrap_servers": config.kafka.bootstrap_servers,
+        "spark_conf_overrides": dict(config.spark.extra),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": _meminfo_gib(),
+        "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write(out: Path, result: dict[str, Any]) -> list[Path]:
+    """Write the three result files; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = out / JSON_FILE, out / MARKDOWN_FILE, out / CHART_FILE
+    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(result))
+    chart(result, png_path)
+    return [json_path, md_path, png_path]
+
+
+def headline(rates: list[dict[str, Any]]) -> dict[str, int | None]:
+    flat = [r["rate"] for r in rates if r["lag_flat"]]
+    drained = [r["rate"] for r in rates if r["lag_flat"] and r["caught_up"]]
+    return {
+        "max_rate_flat_lag": max(flat) if flat else None,
+        "max_rate_flat_lag_and_gold_caught_up": max(drained) if drained else None,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    m, v, s = env["machine"], env["versions"], env["settings"]
+    lines = [
+        f"# Lakehouse benchmark {result['started']}",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"load average at start {m['load_average_at_start']}.  ",
+        f"Versions: pyspark {v['pyspark']}, Delta {v['delta_jar']}, Kafka broker "
+        f"{v['kafka_broker']}, Spark Kafka client {v['kafka_clients_in_spark']}, "
+        f"confluent-kafka {v['confluent_kafka']} (librdkafka {v['librdkafka']}), "
+        f"{v['java']}.  ",
+        f"Settings: master {s['spark_master']}, driver memory {s['driver_memory']}, shuffle "
+        f"partitions {s['shuffle_partitions']}, trigger {s['trigger_interval']}, max offsets "
+        f"per trigger {s['max_offsets_per_trigger']}, telemetry partitions "
+        f"{s['telemetry_partitions']}.",
+        "",
+    ]
+    if "drain" in result:
+        lines += _drain_table(result)
+    if "rates" in result:
+        lines += _rates_table(result)
+    if "error" in result:
+        lines += [f"**Stopped early:** {result['error']}", ""]
+    return "\n".join(lines)
+
+
+def _drain_table(result: dict[str, Any]) -> list[str]:
+    corpus = result["corpus"]
+    lines = [
+        f"## Drain ladder: {corpus['events']:,} telemetry events, "
+        f"{corpus['payload_bytes'] / 1e6:,.1f} MB of JSON ({result['options']['drain_mode']})",
+        "",
+        "| step | wall s | events/s | MB/s | x raw | events/s excl. start-up | x raw | "
+        "CPU s / M events | peak RSS Python / JVM MB | whole corpus |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    for step in result["drain"]:
+        rss = step["peak_rss_mb"]
+        lines.append(
+            f"| {step['label']} | {step['wall_s']:.1f} | {_n(step['events_per_s'])} "
+            f"| {_n(step['mb_per_s'], 2)} | {_n(step['ratio_to_raw'], 3)} "
+            f"| {_n(step['events_per_s_processing'])} "
+            f"| {_n(step['ratio_to_raw_processing'], 3)} "
+            f"| {step['cpu_s_per_million_events']:,.0f} "
+            f"| {_n(rss.get('python'))} / {_n(rss.get('jvm'))} "
+            f"| {'yes' if step['complete'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "Wall time includes the JVM start and table creation; *excl. start-up* is the "
+        "processing window from the first batch's start to the last batch's end. "
+        "MB are 10^6 bytes of message value.",
+        "",
+    ]
+    return lines
+
+
+def _rates_table(result: dict[str, Any]) -> list[str]:
+    seconds = result["options"]["rate_seconds"]
+    lines = [
+        f"## Rate ladder: `lakehouse run all`, {seconds} s per rate",
+        "",
+        "| offered /s | achieved /s | Kafka lag | lag growth | max lag s | Bronze p50 / p95 s "
+        "| Silver p50 / p95 s | Gold p50 / p95 s | drained after s | pipeline CPU cores |",
+        "|--:|--:|:-:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in result["rates"]:
+        f, lag = r["freshness"], r["kafka_lag"]
+        lines.append(
+            f"| {r['rate']:,} | {_n(r['achieved_rate'])} | {lag_word(r['lag_flat'])} "
+            f"| {_n(lag.get('growth'), 3)} | {_n(lag.get('max_lag_seconds'), 1)} "
+            f"| {_pair(f['bronze'])} | {_pair(f['silver'])} | {_pair(f['gold'])} "
+            f"| {_n(r['drain_s'], 0) if r['caught_up'] else 'not drained'} "
+            f"| {_n(r['pipeline_cpu_cores'], 2)} |"
+        )
+    head = result.get("headline", {})
+    best = head.get("max_rate_flat_lag")
+    lines += [
+        "",
+        f"**Highest rate held with flat Kafka lag: "
+        f"{f'{best:,} events/s' if best else 'none of the rates tried'}.**",
+        "",
+        "Each rate runs after a one-second warm-up burst has gone through Gold. Freshness: per "
+        "commit, the commit timestamp minus the newest Kafka timestamp visible in the table "
+        "(Gold: the newest `last_event_time`, mapped to when that event was sent). Lag growth: "
+        "slope of Bronze's lag right after each commit while sending, as a share of the offered "
+        "rate (flat below 0.05; undetermined with fewer than three commits).",
+        "",
+    ]
+    return lines
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SetupError(
+            "matplotlib is not installed", hint="install the package again: pip install -e ."
+        ) from None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    _throughput_bars(left, result.get("drain"))
+    _freshness_lines(right, result.get("rates"))
+    figure.suptitle(f"lakehouse bench {result['started']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _throughput_bars(axis: Any, drain: list[dict[str, Any]] | None) -> None:
+    if not drain:
+        axis.text(0.5, 0.5, "no drain ladder", ha="center", va="center")
+        axis.set_axis_off()
+        return
+    labels = [
+        step["label"].replace(" (confluent-kafka)", "").replace(" -> ", "\n-> ") for step in drain
+    ]
+    xs = range(len(drain))
+    width = 0.4
+    wall = [step["events_per_s"] or 0 for step in drain]
+    steady = [step["events_per_s_processing"] or 0 for step in drain]
+    bars = axis.bar([x - width / 2 for x in xs], wall, width, label="incl. start-up")
+    steady_bars = axis.bar([x + width / 2 for x in xs], steady, width, label="excl. start-up")
+    axis.bar_label(bars, labels=[f"{v:,.0f}" for v in wall], fontsize=7)
+    axis.bar_label(steady_bars, labels=[f"{v:,.0f}" for v in steady], fontsize=7)
+    axis.set_yscale("log")
+    axis.set_xticks(list(xs), labels, fontsize=8)
+    axis.set_ylabel("events / s (log)")
+    axis.set_title("Drain ladder: throughput per step")
+    axis.legend(fontsize=8)
+
+
+def _freshness_lines(axis: Any, rates: list[dict[str, Any]] | None) -> None:
+    if not rates:
+        axis.text(0.5, 0.5, "no rate ladder", ha="center", va="center")
+        axis.set_axis_off()
+        return
+    xs = [r["rate"] for r in rates]
+    for layer, colour in (("bronze", "tab:brown"), ("silver", "tab:gray"), ("gold", "goldenrod")):
+        for stat, style in (("p50_s", "-"), ("p95_s", "--")):
+            ys = [r["freshness"][layer][stat] for r in rates]
+            axis.plot(xs, [y if y is not None else float("nan") for y in ys], style,
+                      marker="o", color=colour, label=f"{layer} {stat[:3]}")  # fmt: skip
+    for r in rates:
+        if r["lag_flat"] is False:
+            axis.axvline(r["rate"], color="red", alpha=0.2, linewidth=6)
+    axis.set_xlabel("offered events / s (red: Kafka lag grows)")
+    axis.set_yscale("log")
+    axis.set_ylabel("freshness at commit, s (log)")
+    axis.set_title("Rate ladder: freshness vs rate")
+    axis.legend(fontsize=7, ncol=3)
+    axis.grid(alpha=0.3)
+
+
+def lag_word(flat: bool | None) -> str:
+    return "undetermined" if flat is None else "flat" if flat else "GROWS"
+
+
+def _short(label: str) -> str:
+    return label.replace(" (confluent-kafka)", "").replace(" -> ", "\n-> ").replace(" + ", "\n+ ")
+
+
+def _pair(summary: dict[str, Any]) -> str:
+    return f"{_n(summary['p50_s'], 1)} / {_n(summary['p95_s'], 1)}"
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _package(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _jar_version(folder: Path, prefix: str) -> str | None:
+    for jar in sorted(folder.glob(f"{prefix}*.jar")):
+        return jar.stem.rsplit("-", 1)[-1]
+    return None
+
+
+def _java_version() -> str | None:
+    try:
+        done = subprocess.run(
+            ["java", "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stderr.strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _meminfo_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
