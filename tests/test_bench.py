@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ from streaming.bench.options import add_arguments, options_from_args, parse_rate
 from streaming.bench.rates import parse_metrics
 from streaming.errors import ConfigError
 from streaming.kafka.admin import cluster_metadata
+from tests.builders import lakehouse
 from tests.conftest import Lake
 
-BENCH = [sys.executable, "-m", "streaming.bench"]
 DRAIN_STEPS = ["raw", "kafka_noop", "bronze", "bronze_silver", "bronze_silver_gold"]
 
 
@@ -53,10 +52,9 @@ def test_impossible_flags_are_config_errors(argv: tuple[str, ...]) -> None:
 
 
 def test_a_bad_flag_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*BENCH, "--rates", "fast", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = lakehouse(
+        "bench", "--rates", "fast", "--out", str(tmp_path), env=dict(os.environ), timeout=120
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: --rates must be whole numbers of events per second, got 'fast' — "
@@ -124,9 +122,9 @@ def test_parse_metrics_sums_bronze_partitions_and_reads_gold() -> None:
 @pytest.mark.timeout(2400)
 def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = subprocess.run(
-        [*BENCH, "--quick", "--out", str(out), "--work", str(tmp_path / "work")],
-        env=lake.process_env(), capture_output=True, text=True, timeout=2300, check=False,
+    done = lakehouse(
+        "bench", "--quick", "--out", str(out), "--work", str(tmp_path / "work"),
+        env=lake.process_env(), timeout=2300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((out / "results.json").read_text())

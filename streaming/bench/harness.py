@@ -44,9 +44,9 @@ def run_bench(
     config: Config, options: BenchOptions, config_file: Path | None = None
 ) -> dict[str, Any]:
     """Run the ladders the options ask for and write results.json, results.md and chart.png."""
-    _require_writable(options.out)
     cluster_metadata(config.kafka)  # one clear line if the brokers cannot be reached
     jars.require(config.jars_dir, "spark")
+    _require_writable(options.out)
     started = time.monotonic()
     result: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -131,6 +131,7 @@ def _rate_ladder(
             with RunAll(lake, logs / f"rate-{rate}.log") as pipeline:
                 pipeline.wait_ready()
                 outcome = run_rate(pipeline, rate, options.rate_seconds, seed)
+            workspace.discard(lake)
         result["rates"].append(outcome)
         result["headline"] = report.headline(result["rates"])
 

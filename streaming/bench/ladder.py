@@ -106,6 +106,7 @@ def run_drain(
             lake = workspace.lake(f"drain-{step.name}", topics_of=corpus)
             report = _run_child(lake, step.phases, events, logs / f"drain-{step.name}.log")
             results[step.name] = compose(step, report, events, payload_bytes)
+            workspace.discard(lake)
     _add_ratios(results)
     return [results[step.name] for step in STEPS]
 

@@ -29,7 +29,7 @@ class BenchOptions:
     rate_seconds: int
     out: Path
     ladders: tuple[str, ...]
-    drain_mode: str  # separate: one Spark application per step; chained: one for all steps
+    drain_mode: str  # separate: one Spark application per step and rate; chained: one for all
     seed: int
     quick: bool
     work: Path | None
@@ -58,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-mode",
         choices=DRAIN_MODES,
-        help="separate: each Spark step in its own application from an empty lake (default); "
-        "chained: one application, layer after layer (the default with --quick)",
+        help="separate: each Spark step in its own application on an empty lake, and a fresh "
+        "`lakehouse run all` per rate (default); chained: one application runs every Spark step "
+        "layer after layer and then serves the rate ladder (the default with --quick)",
     )
     parser.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
     parser.add_argument(

@@ -50,17 +50,16 @@ def run_step(config: Config, phases: list[str], expected: int, result: Path) -> 
     else:
         sampler.mark()
     for phase in phases:
-        if phase == "stream":
-            _write(result, report)  # the drain is done: the ladder reads it now
+        if phase == "stream":  # the drain phases are written: the ladder has read them
             assert spark is not None
             _stream(spark, config, result.parent / "streaming")
             report["phases"].append({"name": phase, **dataclasses.asdict(sampler.mark())})
             spark = None  # the runner stopped it
         else:
             outcome = _PHASES[phase](spark, config, expected)
-            report["phases"].append(
-                {"name": phase, **dataclasses.asdict(sampler.mark()), **outcome}
-            )
+            metered = dataclasses.asdict(sampler.mark())
+            report["phases"].append({"name": phase, **metered, **outcome})
+        _write(result, report)
     report["peak_rss_mb"] = sampler.overall_peaks()
     sampler.stop()
     _write(result, report)

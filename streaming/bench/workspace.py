@@ -79,6 +79,11 @@ class Workspace:
         self.lakes.append(lake)
         return lake
 
+    def discard(self, lake: Lake) -> None:
+        """Remove a finished lake's folder now (its topics go at `close`)."""
+        if not self.keep:
+            shutil.rmtree(lake.folder, ignore_errors=True)
+
     def close(self) -> None:
         """Delete the lakes' topics and folders, unless asked to keep them."""
         if self.keep:
