@@ -172,7 +172,7 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle(lake, spark, tmp_path: P
     )
     log = Path(lake.config.table_path("silver", "telemetry")) / "_delta_log"
     # table creation + two Silver batches, then a random moment
-    kill_9_mid_run("all", env, log, commits=3, timeout_s=300, jitter_s=3.0)
+    kill_9_mid_run("all", env, log, commits=3, timeout_s=600, jitter_s=3.0)
     partial = check_silver(spark, lake.config, "telemetry")
     assert partial.repeated == 0 and partial.unexpected == 0
     assert partial.missing > 0, "the kill did not land before Silver caught up"
