@@ -17,7 +17,7 @@ log = logging.getLogger("lakehouse")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     try:
         config = load_config(config_file=args.config)
         return int(args.handler(config, args) or 0)
@@ -216,7 +216,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _configure_logging(verbose: bool) -> None:
+def configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",

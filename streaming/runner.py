@@ -108,7 +108,7 @@ def preflight(config: Config, layers: list[str]) -> Plan:
         ("LAKEHOUSE_CHECKPOINTS", config.checkpoints),
     ):
         if "://" not in location:
-            _require_writable(setting, Path(location))
+            require_writable(setting, Path(location))
         else:  # the bucket exists, the credentials work, the prefix is writable
             s3_storage.check_location(config, setting, location)
     if "bronze" in layers:
@@ -116,7 +116,7 @@ def preflight(config: Config, layers: list[str]) -> Plan:
     return Plan(layers, silver)
 
 
-def _require_writable(setting: str, folder: Path) -> None:
+def require_writable(setting: str, folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from streaming.bench.options import add_arguments
+from streaming.cli import configure_logging
 from streaming.config import load_config
 from streaming.errors import LakehouseError
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, full traces")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    _logging(args.verbose)
+    configure_logging(args.verbose)
 
     def run() -> int:
         from streaming.bench.harness import bench
@@ -42,7 +42,7 @@ def _step(argv: list[str]) -> int:
     parser.add_argument("--expect", type=int, required=True, help="corpus events")
     parser.add_argument("--result", type=Path, required=True, help="where to write the report")
     args = parser.parse_args(argv)
-    _logging(False)
+    configure_logging(False)
 
     def run() -> int:
         from streaming.bench.steps import PHASES, run_step
@@ -74,17 +74,6 @@ def _guarded(run: Callable[[], int], verbose: bool) -> int:
         first = text.splitlines()[0] if text else type(exc).__name__
         print(f"error: {first[:500]} (run with -v for details)", file=sys.stderr)
         return 1
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("py4j", "streaming.kafka.client"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 if __name__ == "__main__":

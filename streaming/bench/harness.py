@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +23,9 @@ from streaming.bench.pipeline import RunAll
 from streaming.bench.rates import run_rate
 from streaming.bench.workspace import Lake, Workspace
 from streaming.config import Config
-from streaming.errors import ConfigError, LakehouseError
+from streaming.errors import LakehouseError
 from streaming.kafka.admin import cluster_metadata, create_topics
+from streaming.runner import require_writable
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run_bench(
     """Run the ladders the options ask for and write results.json, results.md and chart.png."""
     cluster_metadata(config.kafka)  # one clear line if the brokers cannot be reached
     jars.require(config.jars_dir, "spark")
-    _require_writable(options.out)
+    require_writable("--out", options.out)
     started = time.monotonic()
     result: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -147,15 +147,3 @@ def _options_dict(options: BenchOptions) -> dict[str, Any]:
         "quick": options.quick,
         "out": str(options.out),
     }
-
-
-def _require_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"--out {folder} is not writable ({exc.strerror})",
-            hint="point --out at a folder this user can write",
-        ) from None
