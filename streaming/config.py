@@ -92,7 +92,8 @@ class KafkaConfig:
             options["kafka.sasl.jaas.config"] = (
                 f'{module} required username="{self.sasl_username}" password="{password}";'
             )
-        if self.ssl_ca_location:
+        if self.ssl_ca_location:  # a PEM bundle, the same file librdkafka reads
+            options["kafka.ssl.truststore.type"] = "PEM"
             options["kafka.ssl.truststore.location"] = self.ssl_ca_location
         return options
 
@@ -108,6 +109,18 @@ class LocalBrokerConfig:
     # A second listener, SASL_PLAINTEXT with SCRAM-SHA-256/512, when non-zero; its one user is
     # KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD (registered through the PLAINTEXT listener).
     scram_port: int = 0
+    # A third listener, SASL_SSL (SCRAM over TLS, as MSK serves it), when non-zero; its
+    # certificate is made at first start and clients trust `tls_ca_file`.
+    tls_port: int = 0
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def tls_ca_file(self) -> Path:
+        """The broker's self-signed certificate (PEM): what KAFKA_SSL_CA_LOCATION points at."""
+        return self.tls_dir / "ca.pem"
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,7 @@ def load_config(
         .resolve(),
         heap=settings.text("LAKEHOUSE_KAFKA_HEAP", ("broker", "heap"), "768m"),
         scram_port=settings.integer("LAKEHOUSE_KAFKA_SCRAM_PORT", ("broker", "scram_port"), 0),
+        tls_port=settings.integer("LAKEHOUSE_KAFKA_TLS_PORT", ("broker", "tls_port"), 0),
     )
     if broker.controller_port == 0:
         broker = replace(broker, controller_port=broker.port + 1)

@@ -42,11 +42,22 @@ def cluster_metadata(kafka: KafkaConfig, timeout_s: float = 10.0) -> ClusterMeta
                 f"Kafka at {kafka.bootstrap_servers} refused the credentials: {error.str()}",
                 hint="check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD / KAFKA_SASL_MECHANISM",
             ) from None
+        tls = [e for e in background if isinstance(e, KafkaError) and e.code() == KafkaError._SSL]
+        if tls:
+            raise BrokerError(
+                f"TLS with Kafka at {kafka.bootstrap_servers} failed: {_first_line(tls[0].str())}",
+                hint="KAFKA_SSL_CA_LOCATION must name a PEM file with the certificate (or its CA) "
+                "that the brokers present, and KAFKA_SECURITY_PROTOCOL must match the listener",
+            ) from None
         raise BrokerError(
             f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f} s",
             hint="start the local broker with `lakehouse kafka start`, "
             "or set KAFKA_BOOTSTRAP_SERVERS to a reachable broker",
         ) from None
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
 
 
 _AUTH_ERRORS = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from streaming import jars
 from streaming.config import KafkaConfig, LocalBrokerConfig, Secret
 from streaming.errors import BrokerError, ConfigError, SetupError
+from streaming.kafka import tls
 from streaming.kafka.admin import admin_client, cluster_metadata
 from streaming.processes import alive, require_free_port, stop_pid
 
@@ -29,22 +30,26 @@ def start(broker: LocalBrokerConfig, jars_dir: Path, scram: ScramUser | None = N
     """Start the broker unless it runs already; return once it answers metadata requests.
 
     With `broker.scram_port` set, a SASL_PLAINTEXT listener takes SCRAM logins and `scram`
-    (user, password) is registered for both SCRAM mechanisms once the broker is up.
+    (user, password) is registered for both SCRAM mechanisms once the broker is up. With
+    `broker.tls_port` set, a SASL_SSL listener takes the same logins over TLS.
     """
     classpath = f"{jars_dir / 'kafka'}/*"
     jars.require(jars_dir, "kafka")
     pid = running_pid(broker)
     if pid is not None:
         return f"Kafka broker already running (pid {pid}) on 127.0.0.1:{broker.port}"
-    if broker.scram_port and scram is None:
+    if (broker.scram_port or broker.tls_port) and scram is None:
         raise ConfigError(
-            "the SCRAM listener (LAKEHOUSE_KAFKA_SCRAM_PORT) needs a user",
+            "the SCRAM listeners (LAKEHOUSE_KAFKA_SCRAM_PORT, LAKEHOUSE_KAFKA_TLS_PORT) "
+            "need a user",
             hint="set KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
         )
-    for port in (broker.port, broker.controller_port, broker.scram_port):
+    for port in (broker.port, broker.controller_port, broker.scram_port, broker.tls_port):
         if port:
             require_free_port(port, BrokerError, "LAKEHOUSE_KAFKA_PORT")
     broker.data_dir.mkdir(parents=True, exist_ok=True)
+    if broker.tls_port:
+        tls.ensure_certificate(broker.tls_dir)
     properties = _write_config(broker)
     if not (broker.data_dir / "data" / "meta.properties").exists():
         _format_storage(classpath, properties, broker)
@@ -61,12 +66,18 @@ def start(broker: LocalBrokerConfig, jars_dir: Path, scram: ScramUser | None = N
         )  # fmt: skip
     _pid_file(broker).write_text(str(process.pid))
     _wait_ready(broker, process)
-    scram_line = ""
-    if broker.scram_port and scram is not None:
+    extra = ""
+    if scram is not None and (broker.scram_port or broker.tls_port):
         _register_scram_user(broker, *scram)
-        scram_line = f", SASL/SCRAM on 127.0.0.1:{broker.scram_port} for user {scram[0]}"
+        if broker.scram_port:
+            extra += f", SASL/SCRAM on 127.0.0.1:{broker.scram_port}"
+        if broker.tls_port:
+            extra += f", SASL/SCRAM over TLS on 127.0.0.1:{broker.tls_port}"
+        extra += f" for user {scram[0]}"
+        if broker.tls_port:
+            extra += f" (clients trust {broker.tls_ca_file})"
     return (
-        f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}{scram_line}, "
+        f"Kafka broker started (pid {process.pid}) on 127.0.0.1:{broker.port}{extra}, "
         f"data in {broker.data_dir}"
     )
 
@@ -182,6 +193,8 @@ def _write_config(broker: LocalBrokerConfig) -> Path:
     data = broker.data_dir
     properties = data / "server.properties"
     scram_listener = f",SASL_PLAINTEXT://127.0.0.1:{broker.scram_port}" if broker.scram_port else ""
+    if broker.tls_port:
+        scram_listener += f",SASL_SSL://127.0.0.1:{broker.tls_port}"
     properties.write_text(
         "\n".join(
             [
@@ -194,13 +207,16 @@ def _write_config(broker: LocalBrokerConfig) -> Path:
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map="
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
+                "SASL_SSL:SASL_SSL",
                 "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
                 *[
-                    f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
+                    f"listener.name.{listener}.{m.lower()}.sasl.jaas.config="
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    for listener in ("sasl_plaintext", "sasl_ssl")
                     for m in ("SCRAM-SHA-256", "SCRAM-SHA-512")
                 ],
+                *(tls.listener_properties(broker.tls_dir, "sasl_ssl") if broker.tls_port else []),
                 f"log.dirs={data / 'data'}",
                 "num.partitions=1",
                 "auto.create.topics.enable=false",

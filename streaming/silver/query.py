@@ -103,7 +103,7 @@ def _ensure_outputs(
         CHANGE_FEED,
     )
     ensure_table(spark, paths.quarantine, transform.quarantine_rows(rows, 0).schema)
-    _, duplicates = transform.split_duplicates(fresh, contract, None)
+    _, duplicates = transform.split_duplicates(transform.mark_duplicates(fresh, contract, None))
     ensure_table(spark, paths.duplicates, duplicates.withColumn("_batch_id", _long()).schema)
     if contract.entity == "telemetry":
         ensure_table(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import reduce
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, Window
@@ -114,32 +113,48 @@ def enrich(valid: DataFrame, contract: Contract, zones: DataFrame, pads: DataFra
     return enriched
 
 
-def split_duplicates(
-    valid: DataFrame, contract: Contract, existing: DataFrame | None
-) -> tuple[DataFrame, DataFrame]:
-    """(fresh rows, duplicates) on each dedup key in turn, in the batch and against `existing`.
+DUPLICATE_OF = "_duplicate_of"
 
-    Within the batch the earliest Kafka offset wins; a row whose key is already in Silver is a
-    duplicate. Duplicates keep their coordinates and the key that caught them.
+
+def mark_duplicates(valid: DataFrame, contract: Contract, existing: DataFrame | None) -> DataFrame:
+    """`valid` plus `_duplicate_of`: the dedup key that caught the row, null for a fresh row.
+
+    Each dedup key is applied in turn to the rows no earlier key caught. Within the batch the
+    earliest Kafka offset wins; a row whose key is already in `existing` (Silver) is a duplicate.
+    One frame rather than two keeps the work to one pass: callers materialise it once and split.
     """
-    fresh, caught = valid, []
+    marked = valid.withColumn(DUPLICATE_OF, F.lit(None).cast("string"))
     for key in contract.dedup_keys:
         name = F.lit(",".join(key))
-        order = Window.partitionBy(*key).orderBy(*ROW_KEY)
-        ranked = fresh.withColumn("_rank", F.row_number().over(order))
-        caught.append(
-            ranked.where(F.col("_rank") > 1).select(*COORDINATES, name.alias("dedup_key"))
+        caught = F.col(DUPLICATE_OF).isNotNull()
+        # Rows caught by an earlier key sit in their own window partition and never compete.
+        order = Window.partitionBy(caught, *key).orderBy(*ROW_KEY)
+        repeated = ~caught & (F.row_number().over(order) > 1)
+        marked = marked.withColumn(
+            DUPLICATE_OF, F.when(repeated, name).otherwise(F.col(DUPLICATE_OF))
         )
-        fresh = ranked.where(F.col("_rank") == 1).drop("_rank")
         if existing is not None:
-            seen = existing.select(*key).distinct()
-            caught.append(
-                fresh.join(seen, list(key), "left_semi").select(
-                    *COORDINATES, name.alias("dedup_key")
+            seen = existing.select(*key).distinct().withColumn("_seen", F.lit(True))
+            marked = (
+                marked.join(seen, list(key), "left")
+                .withColumn(
+                    DUPLICATE_OF,
+                    F.when(F.col(DUPLICATE_OF).isNull() & F.col("_seen"), name).otherwise(
+                        F.col(DUPLICATE_OF)
+                    ),
                 )
+                .drop("_seen")
+                .select(*valid.columns, DUPLICATE_OF)
             )
-            fresh = fresh.join(seen, list(key), "left_anti")
-    duplicates = reduce(lambda a, b: a.unionByName(b), caught)
+    return marked
+
+
+def split_duplicates(marked: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(fresh rows, duplicates) of a `mark_duplicates` frame; duplicates keep their coordinates."""
+    fresh = marked.where(F.col(DUPLICATE_OF).isNull()).drop(DUPLICATE_OF)
+    duplicates = marked.where(F.col(DUPLICATE_OF).isNotNull()).select(
+        *COORDINATES, F.col(DUPLICATE_OF).alias("dedup_key")
+    )
     return fresh, duplicates
 
 

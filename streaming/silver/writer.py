@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -79,12 +79,12 @@ class SilverWriter:
         spark = bronze_batch.sparkSession
         rows = self._keep(transform.validate(bronze_batch, self.contract))
         try:
-            newest, fatal = self._scan(rows)
-            if fatal:
+            scan = _scan(rows)
+            if scan.fatal:
                 self._fail_on_fatal(rows, batch_id)
-            watermark = self._advance_watermark(spark, newest, batch_id)
+            watermark = self._advance_watermark(spark, scan.newest, batch_id)
             rows = self._keep(transform.mark_late(rows, watermark))
-            counts = self._write(spark, rows, batch_id)
+            counts = self._write(spark, rows, scan.bounds(watermark), batch_id)
             self._record_watermark(spark, watermark, batch_id)
             if self.observer is not None:
                 self.observer(self.query_name, counts)
@@ -92,29 +92,21 @@ class SilverWriter:
             while self._cached:
                 self._cached.pop().unpersist()
 
-    @staticmethod
-    def _scan(rows: DataFrame) -> tuple[datetime | None, int]:
-        """One pass: the newest good event time and how many rows failed a `fail` rule."""
-        row = rows.agg(
-            F.max(F.when(F.col("_rejection").isNull(), F.col("event_timestamp"))),
-            F.coalesce(F.sum(F.size("_fatal")), F.lit(0)),
-        ).first()
-        return (row[0], int(row[1])) if row else (None, 0)
-
-    def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> dict[str, Any]:
-        counts = self._counts(rows)
+    def _write(
+        self, spark: SparkSession, rows: DataFrame, bounds: Bounds | None, batch_id: int
+    ) -> dict[str, Any]:
+        counts = _counts(rows)
         valid = self._keep(
             transform.enrich(
                 rows.where(F.col("_rejection").isNull()), self.contract, self.zones, self.pads
             )
         )
-        fresh, duplicates = transform.split_duplicates(
-            valid, self.contract, self._recent(spark, valid)
-        )
-        # Materialised, lineage cut: MERGE re-plans its source and must neither recompute the
-        # decode, geofence and dedup joins nor see Silver after its own commit.
-        fresh, duplicates = fresh.localCheckpoint(), duplicates.localCheckpoint()
-        counts["valid"], counts["duplicate"] = fresh.count(), duplicates.count()
+        existing = self._silver(spark).where(bounds.condition("")) if bounds else None
+        # Materialised once, lineage cut: MERGE re-plans its source and must neither recompute
+        # the decode, geofence and dedup joins nor see Silver after its own commit.
+        marked = transform.mark_duplicates(valid, self.contract, existing).localCheckpoint()
+        fresh, duplicates = transform.split_duplicates(marked)
+        counts["valid"], counts["duplicate"] = _fresh_and_duplicate(marked)
         with self._idempotent(spark, batch_id):
             if counts["duplicate"]:
                 _append(
@@ -124,36 +116,11 @@ class SilverWriter:
             if counts["stages"]:
                 rejected = rows.where(F.col("_rejection").isNotNull())
                 _append(transform.quarantine_rows(rejected, batch_id), self.paths.quarantine)
-            if counts["valid"]:
-                self._merge_silver(spark, transform.silver_rows(fresh, batch_id))
+            if counts["valid"] and bounds:
+                self._merge_silver(spark, transform.silver_rows(fresh, batch_id), bounds)
                 if self.contract.entity == "telemetry":
                     self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
         return counts
-
-    @staticmethod
-    def _counts(rows: DataFrame) -> dict[str, Any]:
-        stages = rows.groupBy(F.col("_rejection.stage").alias("stage")).count().collect()
-        rules = (
-            rows.select(
-                F.explode(
-                    F.concat(
-                        F.when(
-                            F.col("_rejection.stage") == "rule", F.col("_rejection.rule_ids")
-                        ).otherwise(F.array().cast("array<string>")),
-                        F.col("_warnings"),
-                    )
-                ).alias("rule")
-            )
-            .groupBy("rule")
-            .count()
-            .collect()
-        )
-        by_stage = {row["stage"]: row["count"] for row in stages}
-        return {
-            "bronze": sum(by_stage.values()),
-            "stages": {k: v for k, v in by_stage.items() if k is not None},
-            "rules": {row["rule"]: row["count"] for row in rules},
-        }
 
     def _fail_on_fatal(self, rows: DataFrame, batch_id: int) -> None:
         fatal = rows.where(F.size("_fatal") > 0).select(F.explode("_fatal")).distinct().collect()
@@ -186,31 +153,21 @@ class SilverWriter:
                 _append(frame, self.paths.watermarks)
         self._watermark, self._watermark_batch = watermark, batch_id
 
-    def _recent(self, spark: SparkSession, valid: DataFrame) -> DataFrame | None:
-        """Silver rows that could share a key with this batch: same dates, not older than it."""
+    def _silver(self, spark: SparkSession) -> DataFrame:
         from delta.tables import DeltaTable
 
-        bounds = valid.agg(F.min("event_timestamp"), F.collect_set("date")).first()
-        if bounds is None or bounds[0] is None:
-            return None
-        silver = DeltaTable.forPath(spark, self.paths.silver).toDF()
-        return silver.where(
-            F.col("date").isin(bounds[1]) & (F.col("event_timestamp") >= F.lit(bounds[0]))
-        )
+        return DeltaTable.forPath(spark, self.paths.silver).toDF()
 
-    def _merge_silver(self, spark: SparkSession, fresh: DataFrame) -> None:
+    def _merge_silver(self, spark: SparkSession, fresh: DataFrame, bounds: Bounds) -> None:
         from delta.tables import DeltaTable
 
         key = self.contract.dedup_keys[0]
-        bounds = fresh.agg(F.collect_set("date"), F.min("event_timestamp")).first()
-        if bounds is None or not bounds[0]:
-            return
         # Partition pruning (date) and file skipping (event time stats) keep the MERGE's scan
         # of Silver to the files this batch can touch.
         condition = reduce(
             lambda a, b: a & b,
             [F.col(f"t.{c}") == F.col(f"s.{c}") for c in key],
-            F.col("t.date").isin(bounds[0]) & (F.col("t.event_timestamp") >= F.lit(bounds[1])),
+            bounds.condition("t."),
         )
         (
             DeltaTable.forPath(spark, self.paths.silver)
@@ -235,6 +192,89 @@ class SilverWriter:
 
     def _idempotent(self, spark: SparkSession, batch_id: int) -> AbstractContextManager[None]:
         return idempotent(spark, self.query_name, batch_id)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Silver's date partitions and the event-time floor that a batch's good rows can match."""
+
+    dates: tuple[date, ...]
+    since: datetime
+
+    def condition(self, prefix: str) -> Any:
+        return F.col(f"{prefix}date").isin(list(self.dates)) & (
+            F.col(f"{prefix}event_timestamp") >= F.lit(self.since)
+        )
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one pass over a validated batch tells before anything is written."""
+
+    newest: datetime | None  # the newest good event time
+    oldest: datetime | None  # the oldest good event time
+    dates: tuple[date, ...]  # the event dates of good rows
+    fatal: int  # rows that failed a `fail` expectation
+
+    def bounds(self, watermark: datetime | None) -> Bounds | None:
+        """Where the good rows can sit in Silver once late ones (older than watermark) are out."""
+        if self.oldest is None:
+            return None
+        if watermark is None or self.oldest >= watermark:
+            return Bounds(self.dates, self.oldest)
+        dates = tuple(d for d in self.dates if d >= watermark.date())
+        return Bounds(dates, watermark) if dates else None
+
+
+def _scan(rows: DataFrame) -> Scan:
+    good = F.col("_rejection").isNull()
+    row = rows.agg(
+        F.max(F.when(good, F.col("event_timestamp"))),
+        F.min(F.when(good, F.col("event_timestamp"))),
+        F.collect_set(F.when(good, F.col("date"))),
+        F.coalesce(F.sum(F.size("_fatal")), F.lit(0)),
+    ).first()
+    if row is None:
+        return Scan(None, None, (), 0)
+    return Scan(row[0], row[1], tuple(sorted(row[2])), int(row[3]))
+
+
+def _counts(rows: DataFrame) -> dict[str, Any]:
+    """Rows per outcome stage and failures per rule (quarantine and warn), in one job."""
+    stage = F.col("_rejection.stage")
+    failed = F.when(stage == "rule", F.col("_rejection.rule_ids")).otherwise(
+        F.array().cast("array<string>")
+    )
+    tallies = (
+        rows.select(
+            F.explode(
+                F.concat(
+                    F.array(F.concat(F.lit("stage:"), F.coalesce(stage, F.lit("")))),
+                    F.transform(
+                        F.concat(failed, F.col("_warnings")),
+                        lambda rule: F.concat(F.lit("rule:"), rule),
+                    ),
+                )
+            ).alias("tally")
+        )
+        .groupBy("tally")
+        .count()
+        .collect()
+    )
+    stages = {r["tally"][6:]: r["count"] for r in tallies if r["tally"].startswith("stage:")}
+    return {
+        "bronze": sum(stages.values()),
+        "stages": {stage: n for stage, n in stages.items() if stage},
+        "rules": {r["tally"][5:]: r["count"] for r in tallies if r["tally"].startswith("rule:")},
+    }
+
+
+def _fresh_and_duplicate(marked: DataFrame) -> tuple[int, int]:
+    row = marked.agg(
+        F.count(F.when(F.col(transform.DUPLICATE_OF).isNull(), 1)),
+        F.count(transform.DUPLICATE_OF),
+    ).first()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _newer() -> Any:
