@@ -43,6 +43,10 @@ stop: ## stop the local broker
 test: setup ## the whole suite against the real broker and Spark
 	$(BIN)/pytest
 
+bench: setup ## the benchmark on the local broker (BENCH="--quick" or any `lakehouse bench` flags)
+	@$(BIN)/lakehouse kafka start
+	$(BIN)/lakehouse bench $(BENCH)
+
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check streaming tests
 	$(BIN)/ruff format --check streaming tests
