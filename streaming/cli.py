@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from streaming.bench.options import add_arguments as add_bench_arguments
@@ -18,9 +19,17 @@ log = logging.getLogger("lakehouse")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.verbose)
+
+    def run() -> int:
+        return int(args.handler(load_config(config_file=args.config), args) or 0)
+
+    return guarded(run, args.verbose)
+
+
+def guarded(run: Callable[[], int], verbose: bool) -> int:
+    """Run a command: one `error:` line and its exit code per failure, never a JVM trace."""
     try:
-        config = load_config(config_file=args.config)
-        return int(args.handler(config, args) or 0)
+        return run()
     except LakehouseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -28,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a JVM or library error the service did not anticipate
-        if args.verbose:
+        if verbose:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {first[:500]} (run with -v for details)", file=sys.stderr)

@@ -48,3 +48,16 @@ def stop_pid(pid: int, timeout_s: float) -> bool:
     if forced:
         os.kill(pid, signal.SIGKILL)
     return forced
+
+
+def log_tail(logs: list[Path], causes_first: bool = False) -> str:
+    """The most telling line of the first log that exists: the last error line (or, with
+    `causes_first`, the first `…Exception:` / `…Error:` cause line), else the last line."""
+    for path in logs:
+        if path.exists():
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line]
+            causes = [line for line in lines if "Exception:" in line or "Error:" in line]
+            errors = [line for line in lines if "ERROR" in line or "Exception" in line]
+            picked = (causes[:1] if causes_first else []) or errors[-1:] or lines[-1:] or [""]
+            return picked[0][:300]
+    return ""

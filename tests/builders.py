@@ -19,6 +19,21 @@ from streaming.config import Config
 LAKEHOUSE = [sys.executable, "-m", "streaming.cli"]
 
 
+TRACE_MARKERS = ("Traceback", "\tat org.", "\tat java.", "py4j.protocol", "Exception in thread")
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], exit_code: int, *phrases: str) -> None:
+    """The command failed with `exit_code` and exactly one `error:` line saying every phrase,
+    and printed no Python or JVM trace."""
+    assert result.returncode == exit_code, (result.returncode, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+    for marker in TRACE_MARKERS:
+        assert marker not in result.stderr
+
+
 def lakehouse(
     *args: str, env: dict[str, str], timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:

@@ -6,26 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import lakehouse, publish
-
-TRACE_MARKERS = ("Traceback", "\tat org.", "\tat java.", "py4j.protocol", "Exception in thread")
-
-
-def _one_clear_line(result, exit_code: int, *phrases: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.returncode == exit_code, (result.returncode, result.stderr[-2000:])
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    for phrase in phrases:
-        assert phrase in errors[0], errors[0]
-    for marker in TRACE_MARKERS:
-        assert marker not in result.stderr
+from tests.builders import lakehouse, one_clear_line, publish
 
 
 def test_unreachable_broker(lake) -> None:
     result = lakehouse(
         "run", "bronze", "--once", env=lake.process_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     )
-    _one_clear_line(result, 4, "cannot reach Kafka at 127.0.0.1:1", "lakehouse kafka start")
+    one_clear_line(result, 4, "cannot reach Kafka at 127.0.0.1:1", "lakehouse kafka start")
 
 
 def test_wrong_bootstrap_address_for_the_producer(lake) -> None:
@@ -33,14 +21,14 @@ def test_wrong_bootstrap_address_for_the_producer(lake) -> None:
         "produce", "telemetry", "--count", "10",
         env=lake.process_env(KAFKA_BOOTSTRAP_SERVERS="no-such-host.invalid:9092"),
     )  # fmt: skip
-    _one_clear_line(result, 4, "no-such-host.invalid:9092")
+    one_clear_line(result, 4, "no-such-host.invalid:9092")
 
 
 def test_jars_not_fetched(lake, tmp_path: Path) -> None:
     result = lakehouse(
         "run", "bronze", "--once", env=lake.process_env(LAKEHOUSE_JARS=str(tmp_path))
     )
-    _one_clear_line(result, 3, "not fetched", "make setup")
+    one_clear_line(result, 3, "not fetched", "make setup")
 
 
 def test_unwritable_root_loses_nothing_already_in_bronze(lake, spark, tmp_path: Path) -> None:
@@ -54,7 +42,7 @@ def test_unwritable_root_loses_nothing_already_in_bronze(lake, spark, tmp_path: 
     result = lakehouse(
         "run", "bronze", "--once", env=lake.process_env(LAKEHOUSE_ROOT=str(blocker / "lake"))
     )
-    _one_clear_line(result, 2, "LAKEHOUSE_ROOT", "not writable")
+    one_clear_line(result, 2, "LAKEHOUSE_ROOT", "not writable")
     unreachable = lakehouse(
         "run", "bronze", "--once", env=lake.process_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     )
@@ -66,7 +54,7 @@ def test_missing_topic(lake) -> None:
     result = lakehouse(
         "run", "bronze", "--once", env=lake.process_env(LAKEHOUSE_TOPIC_PREFIX="nowhere.")
     )
-    _one_clear_line(result, 4, "nowhere.telemetry", "lakehouse topics create")
+    one_clear_line(result, 4, "nowhere.telemetry", "lakehouse topics create")
 
 
 @pytest.mark.parametrize(
@@ -89,9 +77,9 @@ def test_bad_setting_value(lake) -> None:
     result = lakehouse(
         "produce", "telemetry", env=lake.process_env(LAKEHOUSE_METRICS_PORT="ninety")
     )
-    _one_clear_line(result, 2, "LAKEHOUSE_METRICS_PORT must be a whole number")
+    one_clear_line(result, 2, "LAKEHOUSE_METRICS_PORT must be a whole number")
 
 
 def test_bad_producer_option(lake) -> None:
     result = lakehouse("produce", "telemetry", "--duplicates", "1.5", env=lake.process_env())
-    _one_clear_line(result, 2, "duplicates")
+    one_clear_line(result, 2, "duplicates")

@@ -18,25 +18,12 @@ from streaming.config import Config, load_config
 from streaming.errors import ConfigError
 from streaming.gold.aggregates import TABLES
 from streaming.s3 import lease, server, storage
-from tests.builders import LAKEHOUSE, lakehouse
+from tests.builders import LAKEHOUSE, lakehouse, one_clear_line
 from tests.conftest import _free_ports
 
 BUCKET = "lakehouse-test"
 PII_KEY = "test-only-pii-key-0123456789abcdef"
 SECRET = "test-only-s3-secret-0123456789"
-TRACE_MARKERS = ("Traceback", "\tat org.", "\tat java.", "py4j.protocol", "Exception in thread")
-
-
-def _one_clear_line(
-    result: subprocess.CompletedProcess[str], exit_code: int, *phrases: str
-) -> None:
-    assert result.returncode == exit_code, (result.returncode, result.stderr[-2000:])
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    for phrase in phrases:
-        assert phrase in errors[0], errors[0]
-    for marker in TRACE_MARKERS:
-        assert marker not in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +147,7 @@ def test_cli_status_and_make_bucket(s3_env) -> None:
 def test_bad_s3_settings_fail_with_one_clear_line(s3_env, overrides, exit_code, phrases) -> None:
     env = {**os.environ, **_on_s3(s3_env), **overrides}
     result = lakehouse("run", "gold", "--once", env=env, timeout=120)
-    _one_clear_line(result, exit_code, *phrases)
+    one_clear_line(result, exit_code, *phrases)
     assert SECRET not in result.stderr and "wrong-secret" not in result.stderr
 
 
@@ -210,7 +197,7 @@ def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
             assert time.monotonic() < deadline, "the writer took no lease"
             time.sleep(0.2)
         second = lakehouse("run", "gold", "--once", env=env, timeout=120)
-        _one_clear_line(second, 2, "another process writes the gold tables", f"pid {writer.pid}")
+        one_clear_line(second, 2, "another process writes the gold tables", f"pid {writer.pid}")
         deadline = time.monotonic() + 300
         while not any("SparkSubmit" in line for line in _command_lines(writer.pid)):
             assert writer.poll() is None and time.monotonic() < deadline, "no Spark JVM started"
@@ -227,7 +214,7 @@ def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
     version, rows = _gold_rows(config, table)
     assert rows > 0
     refused = lakehouse("run", "all", "--once", env={**env, "AWS_SECRET_ACCESS_KEY": "wrong"})
-    _one_clear_line(refused, 2, "refused the credentials")
+    one_clear_line(refused, 2, "refused the credentials")
     assert _gold_rows(config, table) == (version, rows), "a refused run changed Gold"
 
     verify = lakehouse("verify", env=env)

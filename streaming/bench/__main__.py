@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from streaming.bench.options import add_arguments
-from streaming.cli import configure_logging
+from streaming.cli import configure_logging, guarded
 from streaming.config import load_config
 from streaming.errors import LakehouseError
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench(load_config(config_file=args.config), args)
 
-    return _guarded(run, args.verbose)
+    return guarded(run, args.verbose)
 
 
 def _step(argv: list[str]) -> int:
@@ -54,26 +53,7 @@ def _step(argv: list[str]) -> int:
         run_step(load_config(), phases, args.expect, args.result)
         return 0
 
-    return _guarded(run, False)
-
-
-def _guarded(run: Callable[[], int], verbose: bool) -> int:
-    """One line per failure, as the `lakehouse` command does; never a JVM trace."""
-    try:
-        return run()
-    except LakehouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if verbose:
-            raise
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        print(f"error: {first[:500]} (run with -v for details)", file=sys.stderr)
-        return 1
+    return guarded(run, False)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from streaming.config import KafkaConfig, LocalBrokerConfig, Secret
 from streaming.errors import BrokerError, ConfigError, SetupError
 from streaming.kafka import tls
 from streaming.kafka.admin import admin_client, cluster_metadata
-from streaming.processes import alive, require_free_port, stop_pid
+from streaming.processes import alive, log_tail, require_free_port, stop_pid
 
 ScramUser = tuple[str, Secret]
 
@@ -261,10 +261,4 @@ def _pid_file(broker: LocalBrokerConfig) -> Path:
 
 
 def _log_tail(broker: LocalBrokerConfig) -> str:
-    for name in ("broker.out", "broker.log"):
-        path = broker.data_dir / name
-        if path.exists():
-            lines = [line for line in path.read_text(errors="replace").splitlines() if line]
-            errors = [line for line in lines if "ERROR" in line or "Exception" in line]
-            return (errors or lines or [""])[-1][:300]
-    return ""
+    return log_tail([broker.data_dir / "broker.out", broker.data_dir / "broker.log"])

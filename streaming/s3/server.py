@@ -17,7 +17,7 @@ from pathlib import Path
 from streaming import jars
 from streaming.config import LocalS3Config, S3Config
 from streaming.errors import ConfigError, SetupError
-from streaming.processes import alive, require_free_port, stop_pid
+from streaming.processes import alive, log_tail, require_free_port, stop_pid
 from streaming.s3 import storage
 
 READY_TIMEOUT_S = 60.0
@@ -192,11 +192,5 @@ def _pid_file(server: LocalS3Config) -> Path:
 
 
 def _log_tail(server: LocalS3Config) -> str:
-    for name in ("s3proxy.log", "s3proxy.out"):
-        path = server.data_dir / name
-        if path.exists():
-            lines = [line for line in path.read_text(errors="replace").splitlines() if line]
-            causes = [line for line in lines if "Exception:" in line or "Error:" in line]
-            errors = [line for line in lines if "ERROR" in line or "Exception" in line]
-            return (causes[:1] or errors[-1:] or lines[-1:] or [""])[0][:300]
-    return ""
+    logs = [server.data_dir / "s3proxy.log", server.data_dir / "s3proxy.out"]
+    return log_tail(logs, causes_first=True)
