@@ -61,3 +61,14 @@ def log_tail(logs: list[Path], causes_first: bool = False) -> str:
             picked = (causes[:1] if causes_first else []) or errors[-1:] or lines[-1:] or [""]
             return picked[0][:300]
     return ""
+
+
+def stop_service(pid: int | None, pid_file: Path, label: str, timeout_s: float) -> str:
+    """Stop a helper server by its pid (SIGTERM, SIGKILL after `timeout_s`), drop its pid file
+    and say what happened, e.g. `Kafka broker stopped (pid 42)`."""
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return f"{label} is not running"
+    forced = stop_pid(pid, timeout_s)
+    pid_file.unlink(missing_ok=True)
+    return f"{label} stopped (pid {pid}){' with SIGKILL after a timeout' if forced else ''}"

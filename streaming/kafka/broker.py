@@ -18,7 +18,7 @@ from streaming.config import KafkaConfig, LocalBrokerConfig, Secret
 from streaming.errors import BrokerError, ConfigError, SetupError
 from streaming.kafka import tls
 from streaming.kafka.admin import admin_client, cluster_metadata
-from streaming.processes import alive, log_tail, require_free_port, stop_pid
+from streaming.processes import alive, log_tail, require_free_port, stop_service
 
 ScramUser = tuple[str, Secret]
 
@@ -109,13 +109,7 @@ def _register_scram_user(broker: LocalBrokerConfig, user: str, password: Secret)
 
 def stop(broker: LocalBrokerConfig) -> str:
     """Stop the broker by pid: SIGTERM for a clean shutdown, SIGKILL only after a timeout."""
-    pid = running_pid(broker)
-    if pid is None:
-        _pid_file(broker).unlink(missing_ok=True)
-        return "Kafka broker is not running"
-    forced = stop_pid(pid, STOP_TIMEOUT_S)
-    _pid_file(broker).unlink(missing_ok=True)
-    return f"Kafka broker stopped (pid {pid}){' with SIGKILL after a timeout' if forced else ''}"
+    return stop_service(running_pid(broker), _pid_file(broker), "Kafka broker", STOP_TIMEOUT_S)
 
 
 def status(broker: LocalBrokerConfig) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from streaming import jars
 from streaming.config import LocalS3Config, S3Config
 from streaming.errors import ConfigError, SetupError
-from streaming.processes import alive, log_tail, require_free_port, stop_pid
+from streaming.processes import alive, log_tail, require_free_port, stop_service
 from streaming.s3 import storage
 
 READY_TIMEOUT_S = 60.0
@@ -59,13 +59,7 @@ def start(server: LocalS3Config, s3: S3Config, jars_dir: Path, buckets: Iterable
 
 def stop(server: LocalS3Config) -> str:
     """Stop the server by pid: SIGTERM first, SIGKILL only after a timeout."""
-    pid = running_pid(server)
-    if pid is None:
-        _pid_file(server).unlink(missing_ok=True)
-        return "S3 server is not running"
-    forced = stop_pid(pid, STOP_TIMEOUT_S)
-    _pid_file(server).unlink(missing_ok=True)
-    return f"S3 server stopped (pid {pid}){' with SIGKILL after a timeout' if forced else ''}"
+    return stop_service(running_pid(server), _pid_file(server), "S3 server", STOP_TIMEOUT_S)
 
 
 def status(server: LocalS3Config) -> tuple[bool, str]:
