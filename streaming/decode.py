@@ -62,13 +62,20 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
             },
         }
     )
+    # Each field's JSON token and its JSON type are columns of their own, computed once per row:
+    # as inline expressions they would be evaluated again in every check that reads them.
     fields = contract.fields
-    typed = {
-        name: F.when(F.col("_format") == "avro", _avro_field(contract, name, data_type)).otherwise(
-            F.try_variant_get("_variant", f"$.{name}", data_type.simpleString())
-        )
-        for name, (data_type, _) in fields.items()
-    }
+    tokens = framed.withColumns(
+        {_token(name): F.try_variant_get("_variant", f"$.{name}", "variant") for name in fields}
+    ).withColumns({_kind(name): F.schema_of_variant(_token(name)) for name in fields})
+    typed = tokens.withColumns(
+        {
+            name: F.when(
+                F.col("_format") == "avro", _avro_field(contract, name, data_type)
+            ).otherwise(F.try_variant_get(_token(name), "$", data_type.simpleString()))
+            for name, (data_type, _) in fields.items()
+        }
+    )
     rejection = _frame_rejection(value, text, contract)
     for name, (data_type, _) in fields.items():
         rejection = rejection.when(
@@ -77,9 +84,21 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 "schema", "schema.wrong_type", f"field '{name}' is not a {data_type.simpleString()}"
             ),
         )
-    return framed.withColumns({**typed, "_rejection": rejection}).drop(
-        "_variant", "_first_byte", *(_avro_column(v) for v in contract.versions)
+    return typed.withColumn("_rejection", rejection).drop(
+        "_variant",
+        "_first_byte",
+        *(_avro_column(v) for v in contract.versions),
+        *(_token(name) for name in fields),
+        *(_kind(name) for name in fields),
     )
+
+
+def _token(name: str) -> str:
+    return f"_json_token_{name}"
+
+
+def _kind(name: str) -> str:
+    return f"_json_kind_{name}"
 
 
 def _avro_column(version: MessageSchema) -> str:
@@ -158,15 +177,16 @@ _CONTROL_BYTES = [f"{b:02X}" for b in range(1, 32) if b not in (9, 10, 13)]
 
 
 def _json_wrong_type(name: str, data_type: T.DataType) -> Column:
-    """True where the JSON token of `name` is present, not null, and of the wrong JSON type."""
-    kind = F.schema_of_variant(F.try_variant_get("_variant", f"$.{name}", "variant"))
+    """True where the JSON token of `name` is present, not null, and of the wrong JSON type.
+
+    Reads the token's kind (`_kind`) and, for timestamps and maps, the typed value already cast
+    from it (the JSON branch of the field's column, since only JSON rows are judged here)."""
+    kind = F.col(_kind(name))
     present = kind.isNotNull() & (kind != "VOID")
     if isinstance(data_type, T.StringType):
         ok = kind == "STRING"
     elif isinstance(data_type, T.TimestampType):
-        ok = (kind == "STRING") & F.try_variant_get(
-            "_variant", f"$.{name}", "timestamp"
-        ).isNotNull()
+        ok = (kind == "STRING") & F.col(name).isNotNull()
     elif isinstance(data_type, (T.IntegerType, T.LongType)):
         ok = kind.isin(*_INTEGER_KINDS)
     elif isinstance(data_type, (T.DoubleType, T.FloatType)):
@@ -174,10 +194,7 @@ def _json_wrong_type(name: str, data_type: T.DataType) -> Column:
     elif isinstance(data_type, T.BooleanType):
         ok = kind == "BOOLEAN"
     else:  # maps: an object whose values cast to the declared value type
-        ok = (
-            F.startswith(kind, F.lit("OBJECT"))
-            & F.try_variant_get("_variant", f"$.{name}", data_type.simpleString()).isNotNull()
-        )
+        ok = F.startswith(kind, F.lit("OBJECT")) & F.col(name).isNotNull()
     return present & ~ok
 
 

@@ -74,6 +74,11 @@ def session_conf(config: Config) -> dict[str, str]:
         # Delta rebuilds table state with a 50-partition shuffle by default: on a small cluster
         # that costs seconds per commit (measured 5 s -> 1.3 s per micro-batch at 400 rows).
         "spark.databricks.delta.snapshotPartitions": "1",
+        # A Delta checkpoint costs 2.5-9 s on two cores, and every table here takes a commit per
+        # micro-batch: at Delta's default of one per 10 commits a Silver batch (4-5 commits) paid
+        # for one every other batch. Tables created by the service checkpoint every 100 commits
+        # (40 one-row appends: 47 s -> 20 s); commits in between were measured not to slow down.
+        "spark.databricks.delta.properties.defaults.checkpointInterval": "100",
         # Every MERGE source here is already materialised (localCheckpoint) before the MERGE:
         # Delta's own copy of it would be a second, redundant job per MERGE.
         "spark.databricks.delta.merge.materializeSource": "none",

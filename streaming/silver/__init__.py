@@ -1,7 +1,7 @@
 """Silver: typed, validated, deduplicated, PII-masked, geofenced tables from Bronze.
 
 Input: `bronze/<entity>` (Delta streaming source, append-only). Outputs per micro-batch:
-`silver/<entity>` (insert-only MERGE on the first dedup key), `quarantine/<entity>` (every
+`silver/<entity>` (append of the rows no dedup key has seen), `quarantine/<entity>` (every
 rejected row with raw bytes, Kafka coordinates, stage, rule ids, reason, batch id),
 `silver/_duplicates/<entity>` (coordinates of every removed duplicate) and, for telemetry,
 `silver/vehicle_state` (latest state per vehicle, event-time ordered MERGE).

@@ -1,9 +1,14 @@
 """The Silver foreachBatch writer: one micro-batch of Bronze rows into every Silver output.
 
-Write order matters for exactly-once: the duplicates table and quarantine are written before the
-Silver MERGE, and all of them carry (txnAppId, txnVersion = batch id). Duplicate detection reads
+Write order matters for exactly-once: the duplicates table and quarantine are written before
+Silver, and all of them carry (txnAppId, txnVersion = batch id). Duplicate detection reads
 Silver, so on a replay after a partial commit it sees the same Silver as the first attempt until
-the Silver MERGE itself has committed, and after that every write of the batch is skipped.
+the Silver write itself has committed, and after that every write of the batch is skipped.
+
+Silver receives an append, not an insert-only MERGE: the batch has already been anti-joined
+with the Silver rows its keys can meet (to record each duplicate), and that anti-join is what
+such a MERGE would compute a second time. Each Silver table has one writer, this query, so the
+Silver it read is the Silver it appends to.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
@@ -79,12 +83,12 @@ class SilverWriter:
         spark = bronze_batch.sparkSession
         rows = self._keep(transform.validate(bronze_batch, self.contract))
         try:
-            scan = _scan(rows)
+            scan = _scan(rows, self.contract)
             if scan.fatal:
                 self._fail_on_fatal(rows, batch_id)
             watermark = self._advance_watermark(spark, scan.newest, batch_id)
-            rows = self._keep(transform.mark_late(rows, watermark))
-            counts = self._write(spark, rows, scan.bounds(watermark), batch_id)
+            rows = transform.mark_late(rows, watermark)
+            counts = self._write(spark, rows, scan, watermark, batch_id)
             self._record_watermark(spark, watermark, batch_id)
             if self.observer is not None:
                 self.observer(self.query_name, counts)
@@ -93,20 +97,25 @@ class SilverWriter:
                 self._cached.pop().unpersist()
 
     def _write(
-        self, spark: SparkSession, rows: DataFrame, bounds: Bounds | None, batch_id: int
+        self,
+        spark: SparkSession,
+        rows: DataFrame,
+        scan: Scan,
+        watermark: datetime | None,
+        batch_id: int,
     ) -> dict[str, Any]:
-        counts = _counts(rows)
+        bounds = scan.bounds(watermark)
         valid = self._keep(
             transform.enrich(
                 rows.where(F.col("_rejection").isNull()), self.contract, self.zones, self.pads
             )
         )
-        existing = self._silver(spark).where(bounds.condition("")) if bounds else None
-        # Materialised once, lineage cut: MERGE re-plans its source and must neither recompute
-        # the decode, geofence and dedup joins nor see Silver after its own commit.
+        existing = self._silver(spark).where(bounds.condition()) if bounds else None
+        # Materialised once, lineage cut: the writes below must neither recompute the decode,
+        # geofence and dedup joins nor see Silver after its own commit.
         marked = transform.mark_duplicates(valid, self.contract, existing).localCheckpoint()
         fresh, duplicates = transform.split_duplicates(marked)
-        counts["valid"], counts["duplicate"] = _fresh_and_duplicate(marked)
+        counts = scan.counts(*_fresh_and_duplicate(marked))
         with self._idempotent(spark, batch_id):
             if counts["duplicate"]:
                 _append(
@@ -116,8 +125,9 @@ class SilverWriter:
             if counts["stages"]:
                 rejected = rows.where(F.col("_rejection").isNotNull())
                 _append(transform.quarantine_rows(rejected, batch_id), self.paths.quarantine)
-            if counts["valid"] and bounds:
-                self._merge_silver(spark, transform.silver_rows(fresh, batch_id), bounds)
+            if counts["valid"]:
+                # A new optional field in the contract becomes a new Silver column.
+                _append(transform.silver_rows(fresh, batch_id), self.paths.silver, evolve=True)
                 if self.contract.entity == "telemetry":
                     self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
         return counts
@@ -158,26 +168,6 @@ class SilverWriter:
 
         return DeltaTable.forPath(spark, self.paths.silver).toDF()
 
-    def _merge_silver(self, spark: SparkSession, fresh: DataFrame, bounds: Bounds) -> None:
-        from delta.tables import DeltaTable
-
-        key = self.contract.dedup_keys[0]
-        # Partition pruning (date) and file skipping (event time stats) keep the MERGE's scan
-        # of Silver to the files this batch can touch.
-        condition = reduce(
-            lambda a, b: a & b,
-            [F.col(f"t.{c}") == F.col(f"s.{c}") for c in key],
-            bounds.condition("t."),
-        )
-        (
-            DeltaTable.forPath(spark, self.paths.silver)
-            .alias("t")
-            .merge(fresh.alias("s"), condition)
-            .whenNotMatchedInsertAll()
-            .withSchemaEvolution()  # a new optional field in the contract becomes a new column
-            .execute()
-        )
-
     def _merge_vehicle_state(self, spark: SparkSession, latest: DataFrame) -> None:
         from delta.tables import DeltaTable
 
@@ -201,10 +191,8 @@ class Bounds:
     dates: tuple[date, ...]
     since: datetime
 
-    def condition(self, prefix: str) -> Any:
-        return F.col(f"{prefix}date").isin(list(self.dates)) & (
-            F.col(f"{prefix}event_timestamp") >= F.lit(self.since)
-        )
+    def condition(self) -> Any:
+        return F.col("date").isin(list(self.dates)) & (F.col("event_timestamp") >= F.lit(self.since))
 
 
 @dataclass(frozen=True)
@@ -215,6 +203,9 @@ class Scan:
     oldest: datetime | None  # the oldest good event time
     dates: tuple[date, ...]  # the event dates of good rows
     fatal: int  # rows that failed a `fail` expectation
+    rows: int  # every row of the batch
+    stages: dict[str, int]  # rejected rows per stage (decode, schema, rule), before `late`
+    rules: dict[str, int]  # failures per expectation id (quarantined or warned)
 
     def bounds(self, watermark: datetime | None) -> Bounds | None:
         """Where the good rows can sit in Silver once late ones (older than watermark) are out."""
@@ -225,48 +216,53 @@ class Scan:
         dates = tuple(d for d in self.dates if d >= watermark.date())
         return Bounds(dates, watermark) if dates else None
 
+    def counts(self, valid: int, duplicate: int) -> dict[str, Any]:
+        """The batch's books: every good row that is neither fresh nor a duplicate was late."""
+        good = self.rows - sum(self.stages.values())
+        stages = {**self.stages, "late": good - valid - duplicate}
+        return {
+            "bronze": self.rows,
+            "valid": valid,
+            "duplicate": duplicate,
+            "stages": {stage: n for stage, n in stages.items() if n},
+            "rules": self.rules,
+        }
 
-def _scan(rows: DataFrame) -> Scan:
-    good = F.col("_rejection").isNull()
+
+_STAGES = ("decode", "schema", "rule")
+
+
+def _scan(rows: DataFrame, contract: Contract) -> Scan:
+    """Event-time bounds, `fail` hits and the tallies per stage and rule: one job."""
+    rejection = F.col("_rejection")
+    good = rejection.isNull()
+    failed = F.when(rejection.stage == "rule", rejection.rule_ids)
+    tallied = {
+        e.id: F.col("_warnings") if e.action == "warn" else failed
+        for e in contract.expectations
+        if e.action in ("warn", "quarantine")
+    }
     row = rows.agg(
         F.max(F.when(good, F.col("event_timestamp"))),
         F.min(F.when(good, F.col("event_timestamp"))),
         F.collect_set(F.when(good, F.col("date"))),
         F.coalesce(F.sum(F.size("_fatal")), F.lit(0)),
+        F.count(F.lit(1)),
+        *[F.count(F.when(rejection.stage == stage, 1)) for stage in _STAGES],
+        *[F.count(F.when(F.array_contains(ids, rule_id), 1)) for rule_id, ids in tallied.items()],
     ).first()
-    if row is None:
-        return Scan(None, None, (), 0)
-    return Scan(row[0], row[1], tuple(sorted(row[2])), int(row[3]))
-
-
-def _counts(rows: DataFrame) -> dict[str, Any]:
-    """Rows per outcome stage and failures per rule (quarantine and warn), in one job."""
-    stage = F.col("_rejection.stage")
-    failed = F.when(stage == "rule", F.col("_rejection.rule_ids")).otherwise(
-        F.array().cast("array<string>")
+    assert row is not None  # a global aggregate has one row, also over no rows
+    stages = dict(zip(_STAGES, row[5 : 5 + len(_STAGES)], strict=True))
+    rules = dict(zip(tallied, row[5 + len(_STAGES) :], strict=True))
+    return Scan(
+        newest=row[0],
+        oldest=row[1],
+        dates=tuple(sorted(row[2])),
+        fatal=int(row[3]),
+        rows=int(row[4]),
+        stages={stage: n for stage, n in stages.items() if n},
+        rules={rule_id: n for rule_id, n in rules.items() if n},
     )
-    tallies = (
-        rows.select(
-            F.explode(
-                F.concat(
-                    F.array(F.concat(F.lit("stage:"), F.coalesce(stage, F.lit("")))),
-                    F.transform(
-                        F.concat(failed, F.col("_warnings")),
-                        lambda rule: F.concat(F.lit("rule:"), rule),
-                    ),
-                )
-            ).alias("tally")
-        )
-        .groupBy("tally")
-        .count()
-        .collect()
-    )
-    stages = {r["tally"][6:]: r["count"] for r in tallies if r["tally"].startswith("stage:")}
-    return {
-        "bronze": sum(stages.values()),
-        "stages": {stage: n for stage, n in stages.items() if stage},
-        "rules": {r["tally"][5:]: r["count"] for r in tallies if r["tally"].startswith("rule:")},
-    }
 
 
 def _fresh_and_duplicate(marked: DataFrame) -> tuple[int, int]:
@@ -288,8 +284,11 @@ def _newer() -> Any:
     )
 
 
-def _append(frame: DataFrame, path: str) -> None:
-    frame.write.format("delta").mode("append").save(path)
+def _append(frame: DataFrame, path: str, evolve: bool = False) -> None:
+    writer = frame.write.format("delta").mode("append")
+    if evolve:
+        writer = writer.option("mergeSchema", "true")
+    writer.save(path)
 
 
 def _stored_watermark(spark: SparkSession, path: str, batch_id: int) -> datetime | None:
