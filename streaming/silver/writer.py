@@ -192,7 +192,9 @@ class Bounds:
     since: datetime
 
     def condition(self) -> Any:
-        return F.col("date").isin(list(self.dates)) & (F.col("event_timestamp") >= F.lit(self.since))
+        return F.col("date").isin(list(self.dates)) & (
+            F.col("event_timestamp") >= F.lit(self.since)
+        )
 
 
 @dataclass(frozen=True)
