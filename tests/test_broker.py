@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streaming.config import load_config
@@ -67,3 +70,14 @@ def test_start_refuses_a_port_in_use(tmp_path: Path, kafka_bootstrap: str) -> No
         assert f"port {taken}" in str(exc) and "LAKEHOUSE_KAFKA_PORT" in str(exc)
     else:
         raise AssertionError("a second broker started on a port in use")
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage tool reads `-t -…` as an option; a random id starting with '-' (1 in 64) once
+    failed a whole start. The first uuid here encodes to '-…', so the id must be the second."""
+    dashed = uuid.UUID(bytes=b"\xf8" + bytes(15))
+    plain = uuid.UUID(bytes=bytes(16))
+    uuids = iter([dashed, plain])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(uuids))
+    assert base64.urlsafe_b64encode(dashed.bytes).decode().startswith("-")
+    assert broker.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAA"

@@ -165,8 +165,17 @@ def _wait_ready(broker: LocalBrokerConfig, process: subprocess.Popen[bytes]) -> 
     )
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, as Kafka's own Uuid.randomUuid makes it: never starting with
+    '-', which the storage tool's argument parser would read as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _format_storage(classpath: str, properties: Path, broker: LocalBrokerConfig) -> None:
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     result = subprocess.run(
         [
             "java", "-Xmx256m",
