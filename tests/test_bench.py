@@ -31,6 +31,9 @@ def test_quick_defaults_and_overrides() -> None:
     quick = options_from_args(_options("--quick"))
     assert (quick.events, quick.rates, quick.rate_seconds) == (20_000, (2_000,), 20)
     assert quick.drain_mode == "chained"
+    assert quick.rate_pipelines == ("all", "bronze")
+    alone = options_from_args(_options("--quick", "--rate-pipelines", "bronze"))
+    assert alone.rate_pipelines == ("bronze",)
     full = options_from_args(_options("--events", "500000", "--rates", "25k,10000"))
     assert (full.events, full.rates, full.drain_mode) == (500_000, (10_000, 25_000), "separate")
     assert full.out.parent == Path("bench-results")
@@ -44,6 +47,8 @@ def test_quick_defaults_and_overrides() -> None:
         ("--events", "10"),
         ("--rate-seconds", "2"),
         ("--ladders", "drain,everything"),
+        ("--rate-pipelines", "silver"),
+        ("--rate-pipelines", ","),
     ],
 )
 def test_impossible_flags_are_config_errors(argv: tuple[str, ...]) -> None:
@@ -149,18 +154,27 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
     assert gold_rows["bronze.telemetry"] == gold_rows["silver.telemetry"] == 20_000
     assert gold_rows["gold.battery_health_metrics_weekly"] > 0
 
-    [rate] = result["rates"]
-    assert rate["rate"] == 2_000
-    assert rate["acked"] == rate["events"] == 40_000
-    assert rate["failed"] == 0
-    assert rate["achieved_rate"] > 1_000
-    assert rate["lag_samples"]
-    assert rate["lag_flat"] in (True, False, None)
+    chain, alone = result["rates"]
+    assert (chain["pipeline"], alone["pipeline"]) == ("all", "bronze")
+    for rate in (chain, alone):
+        assert rate["rate"] == 2_000
+        assert rate["acked"] == rate["events"] == 40_000
+        assert rate["failed"] == 0
+        assert rate["achieved_rate"] > 1_000
+        assert rate["lag_samples"]
+        assert rate["lag_flat"] in (True, False, None)
+        assert rate["pipeline_cpu_s"] > 0
     for layer in ("bronze", "silver", "gold"):
-        figures = rate["freshness"][layer]
-        assert figures["commits"] > 0, (layer, rate["freshness"])
+        figures = chain["freshness"][layer]
+        assert figures["commits"] > 0, (layer, chain["freshness"])
         assert figures["p50_s"] > 0, (layer, figures)
-    assert rate["pipeline_cpu_s"] > 0
+    assert alone["freshness"]["bronze"]["commits"] > 0, alone["freshness"]
+    assert alone["freshness"]["silver"]["commits"] == alone["freshness"]["gold"]["commits"] == 0
+    assert alone["caught_up"], "Bronze alone did not drain 2,000 events/s"
+    assert set(result["headline"]) >= {
+        "max_rate_flat_lag", "bronze_alone_max_rate_flat_lag",
+        "bronze_alone_max_rate_p95_within_target",
+    }  # fmt: skip
     environment = result["environment"]
     assert environment["versions"]["pyspark"] == "4.0.4"
     assert environment["machine"]["cores"] >= 1
@@ -168,6 +182,7 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
 
     markdown = (out / "results.md").read_text()
     assert "## Drain ladder" in markdown and "## Rate ladder" in markdown
+    assert "| `run all` | 2,000 |" in markdown and "| `run bronze` | 2,000 |" in markdown
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "results.md" in done.stdout
 

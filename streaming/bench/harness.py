@@ -19,7 +19,7 @@ from streaming.bench import report
 from streaming.bench.corpus import preload
 from streaming.bench.ladder import ChainedApp, run_drain
 from streaming.bench.options import BenchOptions, options_from_args
-from streaming.bench.pipeline import RunAll
+from streaming.bench.pipeline import Run
 from streaming.bench.rates import run_rate
 from streaming.bench.workspace import Lake, Workspace
 from streaming.config import Config
@@ -71,24 +71,26 @@ def run_bench(
 def _ladders(
     workspace: Workspace, options: BenchOptions, logs: Path, result: dict[str, Any]
 ) -> None:
-    """The drain ladder, then the rate ladder: on the chained application if there is one,
-    else on a fresh `lakehouse run all` per rate."""
-    rates = "rates" in options.ladders
+    """The drain ladder, then the rate ladder: the whole chain on the chained application if
+    there is one, else on a fresh `lakehouse run all` per rate; Bronze alone always on a fresh
+    `lakehouse run bronze`, with nothing else running."""
+    kinds = options.rate_pipelines if "rates" in options.ladders else ()
     if "drain" not in options.ladders:
-        _rate_ladder(workspace, options, logs, result, None)
+        _rate_ladder(workspace, options, logs, result, kinds)
         return
     corpus = _preload(workspace, options, result)
     payload = int(result["corpus"]["payload_bytes"])
     if options.drain_mode != "chained":
         result["drain"] = run_drain(workspace, corpus, options.events, payload, logs)
-        if rates:
-            _rate_ladder(workspace, options, logs, result, None)
+        _rate_ladder(workspace, options, logs, result, kinds)
         return
     lake = workspace.lake("drain-chain", topics_of=corpus)
-    with ChainedApp(lake, options.events, logs / "drain-chain.log", stream=rates) as app:
+    chain_rates = "all" in kinds
+    with ChainedApp(lake, options.events, logs / "drain-chain.log", stream=chain_rates) as app:
         result["drain"] = run_drain(workspace, corpus, options.events, payload, logs, app)
-        if rates:
-            _rate_ladder(workspace, options, logs, result, app)
+        if chain_rates:
+            _rate_ladder(workspace, options, logs, result, ("all",), app)
+    _rate_ladder(workspace, options, logs, result, tuple(k for k in kinds if k != "all"))
 
 
 def _preload(workspace: Workspace, options: BenchOptions, result: dict[str, Any]) -> Lake:
@@ -114,26 +116,30 @@ def _rate_ladder(
     options: BenchOptions,
     logs: Path,
     result: dict[str, Any],
-    shared: ChainedApp | None,
+    kinds: tuple[str, ...],
+    shared: ChainedApp | None = None,
 ) -> None:
-    """One rung per rate; each on a fresh pipeline unless one is shared (then one after the
-    other on it, each with its own seed so no event repeats an earlier one)."""
-    result["rates"] = []
-    for index, rate in enumerate(options.rates):
-        seed = options.seed + 1 + index
-        log.info("rate ladder: %d events/s for %d s", rate, options.rate_seconds)
-        if shared is not None:
-            shared.wait_ready(since=time.monotonic())
-            outcome = run_rate(shared, rate, options.rate_seconds, seed)
-        else:
-            lake = workspace.lake(f"rate-{rate}")
-            create_topics(lake.config)
-            with RunAll(lake, logs / f"rate-{rate}.log") as pipeline:
-                pipeline.wait_ready()
-                outcome = run_rate(pipeline, rate, options.rate_seconds, seed)
-            workspace.discard(lake)
-        result["rates"].append(outcome)
-        result["headline"] = report.headline(result["rates"])
+    """One rung per pipeline kind and rate, each on a fresh pipeline unless one is shared (then
+    one rate after the other on it, each with its own seed so no event repeats an earlier one)."""
+    if not kinds:
+        return
+    rungs = result.setdefault("rates", [])
+    for kind in kinds:
+        for index, rate in enumerate(options.rates):
+            seed = options.seed + 1 + index
+            log.info("rate ladder (%s): %d events/s for %d s", kind, rate, options.rate_seconds)
+            if shared is not None:
+                shared.wait_ready(since=time.monotonic())
+                outcome = run_rate(shared, rate, options.rate_seconds, seed)
+            else:
+                lake = workspace.lake(f"rate-{kind}-{rate}")
+                create_topics(lake.config)
+                with Run(lake, logs / f"rate-{kind}-{rate}.log", kind) as pipeline:
+                    pipeline.wait_ready()
+                    outcome = run_rate(pipeline, rate, options.rate_seconds, seed)
+                workspace.discard(lake)
+            rungs.append(outcome)
+            result["headline"] = report.headline(rungs)
 
 
 def _options_dict(options: BenchOptions) -> dict[str, Any]:
@@ -142,6 +148,7 @@ def _options_dict(options: BenchOptions) -> dict[str, Any]:
         "rates": list(options.rates),
         "rate_seconds": options.rate_seconds,
         "ladders": list(options.ladders),
+        "rate_pipelines": list(options.rate_pipelines),
         "drain_mode": options.drain_mode,
         "seed": options.seed,
         "quick": options.quick,

@@ -17,6 +17,9 @@ QUICK_EVENTS = 20_000
 QUICK_RATES = (2_000,)
 QUICK_RATE_SECONDS = 20
 LADDERS = ("drain", "rates")
+# What the rate ladder feeds: the whole chain (`lakehouse run all`), and Bronze alone, as it runs
+# in production in a container of its own (`lakehouse run bronze`), for Bronze's own target.
+RATE_PIPELINES = ("all", "bronze")
 DRAIN_MODES = ("separate", "chained")
 
 
@@ -29,6 +32,7 @@ class BenchOptions:
     rate_seconds: int
     out: Path
     ladders: tuple[str, ...]
+    rate_pipelines: tuple[str, ...]
     drain_mode: str  # separate: one Spark application per step and rate; chained: one for all
     seed: int
     quick: bool
@@ -54,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ladders", default=",".join(LADDERS), help="which ladders to run (default drain,rates)"
+    )
+    parser.add_argument(
+        "--rate-pipelines",
+        default=",".join(RATE_PIPELINES),
+        help="what each rate feeds: all (`lakehouse run all`) and/or bronze (`lakehouse run "
+        "bronze` alone) (default all,bronze)",
     )
     parser.add_argument(
         "--drain-mode",
@@ -89,13 +99,8 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
         seconds = QUICK_RATE_SECONDS if quick else DEFAULT_RATE_SECONDS
     if seconds < 5:
         raise ConfigError(f"--rate-seconds must be at least 5, got {seconds}")
-    ladders = tuple(part.strip() for part in str(args.ladders).split(",") if part.strip())
-    unknown = [ladder for ladder in ladders if ladder not in LADDERS]
-    if unknown or not ladders:
-        raise ConfigError(
-            f"--ladders must name drain and/or rates, got {args.ladders!r}",
-            hint="e.g. --ladders drain or --ladders drain,rates",
-        )
+    ladders = _names("--ladders", args.ladders, LADDERS)
+    pipelines = _names("--rate-pipelines", args.rate_pipelines, RATE_PIPELINES)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return BenchOptions(
         events=events,
@@ -103,12 +108,24 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
         rate_seconds=seconds,
         out=args.out if args.out is not None else Path("bench-results") / stamp,
         ladders=ladders,
+        rate_pipelines=pipelines,
         drain_mode=args.drain_mode or ("chained" if quick else "separate"),
         seed=args.seed,
         quick=quick,
         work=args.work,
         keep=bool(args.keep),
     )
+
+
+def _names(flag: str, text: object, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated subset of `allowed`, in the order given."""
+    names = tuple(dict.fromkeys(part.strip() for part in str(text).split(",") if part.strip()))
+    if not names or any(name not in allowed for name in names):
+        raise ConfigError(
+            f"{flag} must name {' and/or '.join(allowed)}, got {text!r}",
+            hint=f"e.g. {flag} {allowed[0]} or {flag} {','.join(allowed)}",
+        )
+    return names
 
 
 def parse_rates(text: str) -> tuple[int, ...]:

@@ -1,7 +1,7 @@
 """A running streaming pipeline the rate ladder can feed: a process serving Prometheus metrics.
 
-`RunAll` is `python -m streaming.cli run all` on a fresh lake (ready once every Gold query has
-written its checkpoint); the chained drain step is the other kind (see ladder.py). Both are
+`Run` is `python -m streaming.cli run all` (or `run bronze`) on a fresh lake; the chained drain
+step is the other kind (see ladder.py). Both are
 started in a session of their own, metered from outside with a TreeSampler once ready, and
 stopped with SIGTERM (the runner stops its queries cleanly), then SIGKILL for what is left.
 """
@@ -30,9 +30,20 @@ STOP_TIMEOUT_S = 60.0
 
 
 class Pipeline:
-    """A process under its own session; subclasses say when it is ready."""
+    """A process under its own session; subclasses say when it is ready and which layers (and
+    so which Gold queries) it runs."""
 
     what = "pipeline"
+    layers: tuple[str, ...] = ("bronze", "silver", "gold")
+
+    @property
+    def gold_queries(self) -> list[str]:
+        """The Gold queries this pipeline runs that telemetry feeds (the rate ladder's)."""
+        from streaming.gold.aggregates import TABLES
+
+        if "gold" not in self.layers:
+            return []
+        return [f"gold.{name}" for name, table in TABLES.items() if "telemetry" in table.sources]
 
     def __init__(self, lake: Lake, command: list[str], log_file: Path) -> None:
         self.lake = lake
@@ -96,19 +107,25 @@ class Pipeline:
             self.sampler.stop()
 
 
-class RunAll(Pipeline):
-    """`lakehouse run all` (streaming) on a fresh lake."""
+class Run(Pipeline):
+    """`lakehouse run all` or `lakehouse run bronze` (streaming) on a fresh lake; ready once
+    every query of its last layer has written its checkpoint. Bronze alone is how it runs in
+    production, in a container of its own."""
 
-    what = "`lakehouse run all`"
-
-    def __init__(self, lake: Lake, log_file: Path) -> None:
-        super().__init__(lake, [sys.executable, "-m", "streaming.cli", "run", "all"], log_file)
+    def __init__(self, lake: Lake, log_file: Path, layer: str = "all") -> None:
+        from streaming.bronze import query_name as bronze_query
+        from streaming.config import ENTITIES
         from streaming.gold.aggregates import TABLES
-        from streaming.gold.query import query_name
+        from streaming.gold.query import query_name as gold_query
 
-        self._markers = [
-            Path(self.config.checkpoint_path(query_name(t))) / "metadata" for t in TABLES
-        ]
+        command = [sys.executable, "-m", "streaming.cli", "run", layer]
+        super().__init__(lake, command, log_file)
+        self.what = f"`lakehouse run {layer}`"
+        if layer == "bronze":
+            self.layers, last = ("bronze",), [bronze_query(e) for e in ENTITIES]
+        else:
+            last = [gold_query(t) for t in TABLES]
+        self._markers = [Path(self.config.checkpoint_path(q)) / "metadata" for q in last]
 
     def ready(self) -> bool:
         return all(marker.exists() for marker in self._markers)

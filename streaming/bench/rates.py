@@ -1,11 +1,11 @@
 """One rung of the rate ladder: a running pipeline fed at a fixed rate for a fixed time.
 
 The payloads are rendered first. One second of them is sent at once as a warm-up and the
-pipeline is given time to take it through Gold, so first-batch costs stay out of the figures.
-Then the paced sender runs for the step while a monitor samples Bronze's Kafka lag every second
-(the broker's end offsets minus the committed offsets the pipeline exports on its metrics
-endpoint). After the sender stops the pipeline gets time to drain (see `_drain_allowance`), and
-freshness is read from the Delta history of Bronze, Silver and Gold.
+pipeline is given time to take it through its last layer, so first-batch costs stay out of
+the figures. Then the paced sender runs for the step while a monitor samples Bronze's Kafka
+lag every second (the broker's end offsets minus the committed offsets the pipeline exports on
+its metrics endpoint). After the sender stops the pipeline gets time to drain (see
+`_drain_allowance`), and freshness is read from the Delta history of the layers it runs.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ from streaming.config import Config
 log = logging.getLogger(__name__)
 SAMPLE_EVERY_S = 1.0
 MIN_DRAIN_S = 60.0
-
-
-def telemetry_gold_queries() -> list[str]:
-    """The Gold queries that telemetry feeds: the ones the rate ladder can move."""
-    from streaming.gold.aggregates import TABLES
-
-    return [f"gold.{name}" for name, table in TABLES.items() if ENTITY in table.sources]
 
 
 def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str, Any]:
@@ -73,7 +66,8 @@ def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str
         "caught_up": drain_s is not None,
         "kafka_lag": lag,
         "lag_flat": lag["flat"],
-        "freshness": _freshness(config, schedule, sent, until),
+        "pipeline": "bronze" if pipeline.layers == ("bronze",) else "all",
+        "freshness": _freshness(config, pipeline.layers, schedule, sent, until),
         # While sending: how much of the machine the pipeline took at this rate.
         "pipeline_cpu_cores": round(usage.cpu_s / usage.wall_s, 2) if usage.wall_s else None,
         "pipeline_cpu_s": usage.cpu_s,
@@ -95,10 +89,10 @@ def _drain_allowance(seconds: int, warmup_s: float | None) -> float:
 def _wait_drained(
     monitor: _LagMonitor, pipeline: Pipeline, schedule: Schedule, sent: Sent, timeout_s: float
 ) -> float | None:
-    """Seconds after `sent` ended until Bronze has no lag and every telemetry-fed Gold table
-    holds the last event time sent; None if that takes longer than `timeout_s`."""
+    """Seconds after `sent` ended until Bronze has no lag and every telemetry-fed Gold table the
+    pipeline runs holds the last event time sent; None if that takes longer than `timeout_s`."""
     last_event = schedule.event_time(sent.first + len(sent.chunk_times) - 1)
-    wanted = telemetry_gold_queries()
+    wanted = pipeline.gold_queries
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pipeline.check_alive()
@@ -114,22 +108,27 @@ def _wait_drained(
     return None
 
 
-def _freshness(config: Config, schedule: Schedule, sent: Sent, until: float) -> dict[str, Any]:
+def _freshness(
+    config: Config, layers: tuple[str, ...], schedule: Schedule, sent: Sent, until: float
+) -> dict[str, Any]:
+    """Per layer the pipeline runs (the others: no commits)."""
     from streaming.gold.aggregates import TABLES
 
     since = sent.started
-    bronze = freshness.data_commits(
-        config.table_path("bronze", ENTITY), "_kafka_timestamp", since, until
-    )
-    silver = freshness.data_commits(
-        config.table_path("silver", ENTITY), "_kafka_timestamp", since, until
-    )
+
+    def kafka_commits(layer: str) -> list[freshness.Commit]:
+        if layer not in layers:
+            return []
+        path = config.table_path(layer, ENTITY)
+        return freshness.data_commits(path, "_kafka_timestamp", since, until)
+
+    bronze, silver = kafka_commits("bronze"), kafka_commits("silver")
 
     def sent_at(event_time: float) -> float:
         return sent.time_of(schedule.chunk_of(event_time))
 
     gold: dict[str, list[float]] = {}
-    for name in TABLES:
+    for name in TABLES if "gold" in layers else ():
         path = config.table_path("gold", name)
         commits = freshness.data_commits(path, "last_event_time", since, until)
         if commits:
