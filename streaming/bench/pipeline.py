@@ -30,20 +30,14 @@ STOP_TIMEOUT_S = 60.0
 
 
 class Pipeline:
-    """A process under its own session; subclasses say when it is ready and which layers (and
-    so which Gold queries) it runs."""
+    """A process under its own session; subclasses say when it is ready and what it runs."""
 
     what = "pipeline"
-    layers: tuple[str, ...] = ("bronze", "silver", "gold")
+    kind = "all"  # what `lakehouse run` runs: all (Bronze, Silver, Gold) or bronze alone
 
     @property
-    def gold_queries(self) -> list[str]:
-        """The Gold queries this pipeline runs that telemetry feeds (the rate ladder's)."""
-        from streaming.gold.aggregates import TABLES
-
-        if "gold" not in self.layers:
-            return []
-        return [f"gold.{name}" for name, table in TABLES.items() if "telemetry" in table.sources]
+    def layers(self) -> tuple[str, ...]:
+        return ("bronze",) if self.kind == "bronze" else ("bronze", "silver", "gold")
 
     def __init__(self, lake: Lake, command: list[str], log_file: Path) -> None:
         self.lake = lake
@@ -120,9 +114,9 @@ class Run(Pipeline):
 
         command = [sys.executable, "-m", "streaming.cli", "run", layer]
         super().__init__(lake, command, log_file)
-        self.what = f"`lakehouse run {layer}`"
+        self.what, self.kind = f"`lakehouse run {layer}`", layer
         if layer == "bronze":
-            self.layers, last = ("bronze",), [bronze_query(e) for e in ENTITIES]
+            last = [bronze_query(e) for e in ENTITIES]
         else:
             last = [gold_query(t) for t in TABLES]
         self._markers = [Path(self.config.checkpoint_path(q)) / "metadata" for q in last]

@@ -26,6 +26,16 @@ SAMPLE_EVERY_S = 1.0
 MIN_DRAIN_S = 60.0
 
 
+def telemetry_gold_queries(layers: tuple[str, ...]) -> list[str]:
+    """The Gold queries that telemetry feeds, if Gold is among `layers`: the ones the rate
+    ladder can move."""
+    from streaming.gold.aggregates import TABLES
+
+    if "gold" not in layers:
+        return []
+    return [f"gold.{name}" for name, table in TABLES.items() if ENTITY in table.sources]
+
+
 def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str, Any]:
     """Offer `rate` events/s for `seconds` to a ready pipeline; report lag and freshness."""
     config = pipeline.config
@@ -66,7 +76,7 @@ def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str
         "caught_up": drain_s is not None,
         "kafka_lag": lag,
         "lag_flat": lag["flat"],
-        "pipeline": "bronze" if pipeline.layers == ("bronze",) else "all",
+        "pipeline": pipeline.kind,
         "freshness": _freshness(config, pipeline.layers, schedule, sent, until),
         # While sending: how much of the machine the pipeline took at this rate.
         "pipeline_cpu_cores": round(usage.cpu_s / usage.wall_s, 2) if usage.wall_s else None,
@@ -92,7 +102,7 @@ def _wait_drained(
     """Seconds after `sent` ended until Bronze has no lag and every telemetry-fed Gold table the
     pipeline runs holds the last event time sent; None if that takes longer than `timeout_s`."""
     last_event = schedule.event_time(sent.first + len(sent.chunk_times) - 1)
-    wanted = pipeline.gold_queries
+    wanted = telemetry_gold_queries(pipeline.layers)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pipeline.check_alive()

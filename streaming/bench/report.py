@@ -83,8 +83,8 @@ BRONZE_P95_TARGET_S = 6.0
 def headline(rates: list[dict[str, Any]]) -> dict[str, int | None]:
     """The highest rates held: by the whole chain (flat lag; and Gold caught up), and by Bronze
     alone (flat lag; and freshness p95 within Bronze's target)."""
-    chain = [r for r in rates if r.get("pipeline", "all") == "all"]
-    alone = [r for r in rates if r.get("pipeline") == "bronze"]
+    chain = [r for r in rates if r["pipeline"] == "all"]
+    alone = [r for r in rates if r["pipeline"] == "bronze"]
 
     def best(rungs: list[dict[str, Any]], also: Any = lambda r: True) -> int | None:
         held = [r["rate"] for r in rungs if r["lag_flat"] and also(r)]
@@ -173,7 +173,7 @@ def _rates_table(result: dict[str, Any]) -> list[str]:
     for r in result["rates"]:
         f, lag = r["freshness"], r["kafka_lag"]
         lines.append(
-            f"| `run {r.get('pipeline', 'all')}` | {r['rate']:,} | {_n(r['achieved_rate'])} "
+            f"| `run {r['pipeline']}` | {r['rate']:,} | {_n(r['achieved_rate'])} "
             f"| {lag_word(r['lag_flat'])} "
             f"| {_n(lag.get('growth'), 3)} | {_n(lag.get('max_lag_seconds'), 1)} "
             f"| {_pair(f['bronze'])} | {_pair(f['silver'])} | {_pair(f['gold'])} "
@@ -181,23 +181,21 @@ def _rates_table(result: dict[str, Any]) -> list[str]:
             f"| {_n(r['pipeline_cpu_cores'], 2)} |"
         )
     head = result.get("headline", {})
+    kinds = {r["pipeline"] for r in result["rates"]}
     lines.append("")
-    if any(r.get("pipeline", "all") == "all" for r in result["rates"]):
-        best = head.get("max_rate_flat_lag")
-        whole = head.get("max_rate_flat_lag_and_gold_caught_up")
-        lines.append(
-            f"**Whole chain (`run all`): highest rate held with flat Kafka lag: "
-            f"{_rate_or_none(best)}.** With flat lag and Gold caught up within the drain "
-            f"allowance: {_rate_or_none(whole)}.  "
-        )
-    if any(r.get("pipeline") == "bronze" for r in result["rates"]):
-        alone = head.get("bronze_alone_max_rate_flat_lag")
-        target = head.get("bronze_alone_max_rate_p95_within_target")
-        lines.append(
-            f"**Bronze alone (`run bronze`): highest rate held with flat Kafka lag: "
-            f"{_rate_or_none(alone)}.** With flat lag and Bronze freshness p95 within "
-            f"{BRONZE_P95_TARGET_S:.0f} s: {_rate_or_none(target)}."
-        )
+    for kind, what, flat_key, also_key, also in (
+        ("all", "Whole chain", "max_rate_flat_lag", "max_rate_flat_lag_and_gold_caught_up",
+         "Gold caught up within the drain allowance"),
+        ("bronze", "Bronze alone", "bronze_alone_max_rate_flat_lag",
+         "bronze_alone_max_rate_p95_within_target",
+         f"Bronze freshness p95 within {BRONZE_P95_TARGET_S:.0f} s"),
+    ):  # fmt: skip
+        if kind in kinds:
+            lines.append(
+                f"**{what} (`run {kind}`): highest rate held with flat Kafka lag: "
+                f"{_rate_or_none(head.get(flat_key))}.** With flat lag and {also}: "
+                f"{_rate_or_none(head.get(also_key))}.  "
+            )
     lines += [
         "",
         "Each rate runs after a one-second warm-up burst has gone through the pipeline's last "
@@ -267,7 +265,7 @@ def _freshness_lines(axis: Any, rates: list[dict[str, Any]] | None) -> None:
         ("bronze", "bronze", "tab:blue", "bronze alone"),
     )
     for kind, layer, colour, label in lines:
-        rungs = [r for r in rates if r.get("pipeline", "all") == kind]
+        rungs = [r for r in rates if r["pipeline"] == kind]
         if not rungs:
             continue
         xs = [r["rate"] for r in rungs]
@@ -276,7 +274,7 @@ def _freshness_lines(axis: Any, rates: list[dict[str, Any]] | None) -> None:
             axis.plot(xs, [y if y is not None else float("nan") for y in ys], style,
                       marker="o", color=colour, label=f"{label} {stat[:3]}")  # fmt: skip
     for r in rates:
-        if r["lag_flat"] is False and r.get("pipeline", "all") == "all":
+        if r["lag_flat"] is False and r["pipeline"] == "all":
             axis.axvline(r["rate"], color="red", alpha=0.2, linewidth=6)
     axis.set_xlabel("offered events / s (red: the whole chain's Kafka lag grows)")
     axis.set_yscale("log")
