@@ -61,7 +61,12 @@ def session_conf(config: Config) -> dict[str, str]:
         # full speed) from starving the others, whose jobs would otherwise queue behind it.
         "spark.scheduler.mode": "FAIR",
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J}",
+        # -Xss: a query stopped inside a Python foreachBatch is told from a failure by a regex
+        # over the Python error text, which overflowed the default 1 MB thread stack (a
+        # StackOverflowError and a thousand-line JVM trace on a Ctrl-C that caught a batch).
+        "spark.driver.extraJavaOptions": (
+            f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={LOG4J}"
+        ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
         "spark.ui.showConsoleProgress": "false",

@@ -1,0 +1,58 @@
+"""The service's SparkSession, started the way `lakehouse run` starts it, in its own process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.builders import TRACE_MARKERS
+from tests.conftest import lake_env
+
+# A foreachBatch query whose batch is a long Spark job; it is stopped while that job runs, as
+# `lakehouse run` stops its queries on Ctrl-C or SIGTERM.
+_STOP_MID_BATCH = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    from streaming.config import load_config
+    from streaming.spark import build_spark
+
+    started = pathlib.Path(sys.argv[1])
+    spark = build_spark(load_config(None))
+
+    def batch(frame, batch_id):
+        started.touch()
+        frame.sparkSession.range(0, 10**12).selectExpr("sum(id % 7)").collect()
+
+    query = spark.readStream.format("rate").load().writeStream.foreachBatch(batch).start()
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the batch's job is running
+    query.stop()
+    print("stopped", "active" if query.isActive else "inactive", query.exception() is None)
+    """
+)
+
+
+def test_stopping_a_query_mid_batch_prints_no_jvm_trace(tmp_path: Path) -> None:
+    """Spark recognises a stop inside a Python foreachBatch by matching a regex against the
+    Python error text; on the default 1 MB thread stack that match overflowed (StackOverflowError
+    and a thousand-line JVM trace on every Ctrl-C that caught a batch running)."""
+    started = tmp_path / "started"
+    result = subprocess.run(
+        [sys.executable, "-c", _STOP_MID_BATCH, str(started)],
+        env={**os.environ, **lake_env(tmp_path, "127.0.0.1:1", "unused.")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert started.exists(), "the batch never started"
+    assert result.stdout.split() == ["stopped", "inactive", "True"], result.stdout
+    assert "StackOverflowError" not in result.stderr, result.stderr[:2000]
+    for marker in TRACE_MARKERS:
+        assert marker not in result.stderr, result.stderr[:2000]
