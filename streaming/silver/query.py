@@ -106,9 +106,9 @@ def _ensure_outputs(
     _, duplicates = transform.split_duplicates(transform.mark_duplicates(fresh, contract, None))
     ensure_table(spark, paths.duplicates, duplicates.withColumn("_batch_id", _long()).schema)
     if contract.entity == "telemetry":
-        ensure_table(
-            spark, paths.vehicle_state, transform.latest_per_vehicle(fresh).schema, (), CHANGE_FEED
-        )
+        # No change data feed: nothing follows this table's changes, and with the whole fleet
+        # every MERGE updates nearly every row, so a feed would write each row twice more.
+        ensure_table(spark, paths.vehicle_state, transform.latest_per_vehicle(fresh).schema)
 
 
 def _long() -> Any:
