@@ -259,6 +259,30 @@ def test_gold_tables_are_readable_by_delta_rs_and_duckdb(late) -> None:
     assert UPDATED_AT in columns and "booking_count_28d_avg" in columns
 
 
+def test_demand_rebuilds_an_hour_from_both_ends_of_it_and_leaves_other_hours(spark, config) -> None:
+    """Demand's rebuild reads Silver only within the touched hours ([start, end)): a reading
+    at the first and at the last microsecond of the hour both count, the hour before is kept."""
+    pipeline = Pipeline(spark, config)
+    hour = BASE.replace(minute=0)
+    pipeline.silver_rows("telemetry", [reading("before", hour - timedelta(microseconds=1), 10.0)])
+    pipeline.silver_rows("telemetry", [reading("first", hour, 20.0)])
+    pipeline.gold_batch(0)
+    # A batch of its own: its watermark (newest - 10 minutes) would make `first` late.
+    last = hour + timedelta(hours=1, microseconds=-1)
+    pipeline.silver_rows("telemetry", [reading("last", last, 40.0)])
+    pipeline.gold_batch(1)  # touches this hour only: its rebuild must still find `first`
+    path = config.table_path("gold", "demand_by_zone_hour")
+    rows = spark.read.format("delta").load(path).where(F.col("zone_id") == ZONE).collect()
+    supply = {
+        (r["date"], r["hour"]): (r["available_vehicles"], r["avg_battery_level"]) for r in rows
+    }
+    before = hour - timedelta(microseconds=1)
+    expected = {(hour.date(), hour.hour): (1, 30.0), (before.date(), before.hour): (1, 10.0)}
+    assert supply == expected
+    check = check_gold(spark, config, "demand_by_zone_hour")
+    assert check.ok and check.gold_rows == 2, check
+
+
 def test_a_delete_in_silver_reaches_gold_through_the_change_feed(spark, config) -> None:
     from delta.tables import DeltaTable
 

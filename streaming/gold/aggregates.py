@@ -75,7 +75,8 @@ class GoldTable:
 
     `sources` maps a Silver entity to the key columns of a Silver row, plus `_date`: the row's
     anchor date. A touched key needs the Silver partitions `_date + span[0] .. _date + span[1]`.
-    `prune` names the key column the MERGE can prune target files by.
+    `prune` names the key column the MERGE can prune target files by; `hour`, the key column
+    that holds the hour of the rows' event time, so the rebuild reads only the touched hours.
     """
 
     name: str
@@ -86,6 +87,7 @@ class GoldTable:
     partition_by: tuple[str, ...] = ()
     prune: str | None = None
     rolling: bool = False  # demand's 7- and 28-day averages: see with_rolling, refresh_rolling
+    hour: str | None = None  # a key column holding the rows' event hour (of the key's `date`)
 
 
 def _avg(column: str, scale: int = 4) -> Column:
@@ -412,6 +414,7 @@ TABLES: dict[str, GoldTable] = {
             partition_by=("date",),
             prune="date",
             rolling=True,
+            hour="hour",
         ),
         GoldTable(
             "vehicle_utilization_daily",

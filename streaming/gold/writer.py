@@ -55,7 +55,8 @@ class GoldWriter:
         if not anchors:
             return
         touched_keys = touched.select(*keys).distinct()
-        rows = self._rebuild(spark, touched_keys, _dates(anchors, self.table.span))
+        window = _hours(touched_keys, self.table.hour) if self.table.hour else None
+        rows = self._rebuild(spark, touched_keys, _dates(anchors, self.table.span), window)
         plan = _merge_plan(rows, touched_keys, keys).localCheckpoint()
         prune = F.collect_set(self.table.prune) if self.table.prune else F.lit(None)
         stats = plan.agg(
@@ -71,15 +72,19 @@ class GoldWriter:
             summary = {k: stats[k] for k in ("upserted", "deleted", "newest")}
             self.observer(self.query_name, {**summary, "seconds": time.monotonic() - started})
 
-    def _rebuild(self, spark: SparkSession, touched: DataFrame, dates: list[date]) -> DataFrame:
-        """Rows of the touched keys, built from only the Silver partitions they need."""
+    def _rebuild(
+        self, spark: SparkSession, touched: DataFrame, dates: list[date], window: Column | None
+    ) -> DataFrame:
+        """Rows of the touched keys, built from only the Silver partitions they need (and, for
+        an hourly table, only the files whose event times reach a touched hour)."""
         keys = list(self.table.keys)
         scoped = {}
         for entity, key_columns in self.table.sources.items():
             silver = spark.read.format("delta").load(self.silver_paths[entity])
             mapped = {k: v for k, v in key_columns().items() if k != "_date"}
+            needed = F.col("date").isin(dates)
             scoped[entity] = (
-                silver.where(F.col("date").isin(dates))
+                silver.where(needed if window is None else needed & window)
                 .withColumns({f"_key_{k}": v for k, v in mapped.items()})
                 .join(
                     F.broadcast(touched.select(*[F.col(k).alias(f"_key_{k}") for k in keys])),
@@ -113,6 +118,19 @@ class GoldWriter:
             .whenNotMatchedInsert(condition=F.col(f"s.{_PRESENT}"), values=values)
             .execute()
         )
+
+
+def _hours(touched: DataFrame, hour: str) -> Column:
+    """event_timestamp from the first touched hour's start to the last one's end: Delta skips
+    the Silver files outside it by their statistics (the semi-join then keeps exact keys)."""
+    start = F.unix_date("date").cast("long") * 86_400 + F.col(hour).cast("long") * 3_600
+    row = touched.agg(F.min(start), F.max(start)).first()
+    if row is None or row[0] is None:
+        return F.lit(False)
+    event_time = F.col("event_timestamp")
+    return (event_time >= F.timestamp_seconds(F.lit(row[0]))) & (
+        event_time < F.timestamp_seconds(F.lit(row[1] + 3_600))
+    )
 
 
 def _dates(anchors: list[date], span: tuple[int, int]) -> list[date]:
