@@ -51,11 +51,15 @@ class GoldWriter:
         spark = changes.sparkSession
         keys = list(self.table.keys)
         touched = changes.select(*keys, "_date").distinct().localCheckpoint()
-        anchors = [row[0] for row in touched.select("_date").distinct().collect()]
+        # One pass: the anchor dates and, for an hourly table, the first and last touched hour.
+        hours = _hour_starts(self.table.hour) if self.table.hour else []
+        scope = touched.agg(F.collect_set("_date"), *hours).first()
+        assert scope is not None  # a global aggregate has one row, also over no rows
+        anchors = scope[0]
         if not anchors:
             return
+        window = _within_hours(scope[1], scope[2]) if hours else None
         touched_keys = touched.select(*keys).distinct()
-        window = _hours(touched_keys, self.table.hour) if self.table.hour else None
         rows = self._rebuild(spark, touched_keys, _dates(anchors, self.table.span), window)
         plan = _merge_plan(rows, touched_keys, keys).localCheckpoint()
         prune = F.collect_set(self.table.prune) if self.table.prune else F.lit(None)
@@ -83,8 +87,10 @@ class GoldWriter:
             silver = spark.read.format("delta").load(self.silver_paths[entity])
             mapped = {k: v for k, v in key_columns().items() if k != "_date"}
             needed = F.col("date").isin(dates)
+            if window is not None:
+                needed = needed & window
             scoped[entity] = (
-                silver.where(needed if window is None else needed & window)
+                silver.where(needed)
                 .withColumns({f"_key_{k}": v for k, v in mapped.items()})
                 .join(
                     F.broadcast(touched.select(*[F.col(k).alias(f"_key_{k}") for k in keys])),
@@ -120,16 +126,18 @@ class GoldWriter:
         )
 
 
-def _hours(touched: DataFrame, hour: str) -> Column:
+def _hour_starts(hour: str) -> list[Column]:
+    """The first and last touched hour, as unix seconds of their start."""
+    start = F.unix_date("date").cast("long") * 86_400 + F.col(hour).cast("long") * 3_600
+    return [F.min(start), F.max(start)]
+
+
+def _within_hours(first: int, last: int) -> Column:
     """event_timestamp from the first touched hour's start to the last one's end: Delta skips
     the Silver files outside it by their statistics (the semi-join then keeps exact keys)."""
-    start = F.unix_date("date").cast("long") * 86_400 + F.col(hour).cast("long") * 3_600
-    row = touched.agg(F.min(start), F.max(start)).first()
-    if row is None or row[0] is None:
-        return F.lit(False)
     event_time = F.col("event_timestamp")
-    return (event_time >= F.timestamp_seconds(F.lit(row[0]))) & (
-        event_time < F.timestamp_seconds(F.lit(row[1] + 3_600))
+    return (event_time >= F.timestamp_seconds(F.lit(first))) & (
+        event_time < F.timestamp_seconds(F.lit(last + 3_600))
     )
 
 
