@@ -6,12 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
+from streaming.bench import memory
+from streaming.bench.corpus import CHUNKS_PER_SECOND, CYCLE_SECONDS, render_schedule
 from streaming.bench.freshness import Commit, LagSample, freshness, lag_trend, percentile
 from streaming.bench.options import add_arguments, options_from_args, parse_rates
+from streaming.bench.procfs import kind_of, process_tree
 from streaming.bench.rates import parse_metrics
 from streaming.errors import ConfigError
 from streaming.kafka.admin import cluster_metadata
@@ -123,6 +128,61 @@ def test_parse_metrics_sums_bronze_partitions_and_reads_gold() -> None:
     assert parse_metrics("", "p.telemetry") == (None, {})
 
 
+def test_a_step_longer_than_one_cycle_sends_new_event_ids_and_times_at_the_exact_rate() -> None:
+    rate, seconds = 40, CYCLE_SECONDS * 2 + 7
+    schedule = render_schedule(rate, seconds, seed=3)
+    assert len(schedule.rendered) == (1 + CYCLE_SECONDS) * CHUNKS_PER_SECOND
+    assert schedule.total == (1 + seconds) * CHUNKS_PER_SECOND
+    assert schedule.events == rate * seconds
+    ids, sent = set(), 0
+    for j in range(schedule.warmup, schedule.total):
+        chunk = schedule.chunk(j)
+        sent += len(chunk)
+        stamp = schedule.anchor.timestamp() + j / CHUNKS_PER_SECOND
+        for key, value in chunk:
+            event = json.loads(value)
+            ids.add(event["event_id"])
+            assert key == event["vehicle_id"].encode()
+            moment = datetime.fromisoformat(event["timestamp"]).timestamp()
+            assert abs(moment - stamp) < 0.001 and abs(schedule.event_time(j) - stamp) < 0.001
+        if (j - schedule.warmup) % CHUNKS_PER_SECOND == CHUNKS_PER_SECOND - 1:
+            assert sent == rate * ((j - schedule.warmup + 1) // CHUNKS_PER_SECOND), j
+    assert sent == len(ids) == rate * seconds
+
+
+def _samples(heaps: list[float | None]) -> list[memory.MemorySample]:
+    return [memory.MemorySample(100.0 + 60 * i, h, {"jvm": 900.0}) for i, h in enumerate(heaps)]
+
+
+def test_live_heap_that_levels_off_is_level_and_one_that_keeps_growing_grows() -> None:
+    level = memory.summary(_samples([300, 700, 720, 690, 740, 710, 730]), 100.0)
+    assert (level["verdict"], level["live_heap_growth_mb"]) == ("level", 10.0)
+    growing = memory.summary(_samples([300, 500, 700, 900, 1100, 1300, 1500]), 100.0)
+    assert (growing["verdict"], growing["live_heap_growth_mb"]) == ("grows", 800.0)
+    assert memory.summary(_samples([300, None, 700]), 100.0)["verdict"] == "undetermined"
+    short = [memory.MemorySample(100.0 + 5 * i, 300.0 * i, {}) for i in range(8)]
+    assert memory.summary(short, 100.0)["verdict"] == "undetermined"
+    assert level["samples"][1] == {"t": 60.0, "live_heap_mb": 700, "rss_mb": {"jvm": 900.0}}
+
+
+def test_the_live_heap_of_a_real_jvm_grows_with_what_it_holds_and_not_with_garbage(
+    spark: SparkSession,
+) -> None:
+    jvm = next(p.pid for p in process_tree(os.getpid()) if kind_of(p, os.getpid()) == "jvm")
+    before = memory.live_heap_mb(jvm)
+    java = spark.sparkContext._jvm
+    assert java is not None
+    held = java.java.util.concurrent.atomic.AtomicReference()
+    held.set(java.java.nio.ByteBuffer.allocate(96 * 2**20))
+    spark.range(200_000).selectExpr("repeat('x', 100) AS garbage").collect()
+    during = memory.live_heap_mb(jvm)
+    held.set(None)
+    after = memory.live_heap_mb(jvm)
+    assert before is not None and during is not None and after is not None
+    assert during - before > 90, (before, during)
+    assert during - after > 90, (during, after)
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(2400)
 def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path: Path) -> None:
@@ -164,6 +224,9 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
         assert rate["lag_samples"]
         assert rate["lag_flat"] in (True, False, None)
         assert rate["pipeline_cpu_s"] > 0
+        samples = rate["memory"]["samples"]  # 20 s: resident memory only, no heap pauses
+        assert len(samples) >= 4 and all(s["rss_mb"]["jvm"] > 100 for s in samples), samples
+        assert rate["memory"]["verdict"] == "undetermined", rate["memory"]
     for layer in ("bronze", "silver", "gold"):
         figures = chain["freshness"][layer]
         assert figures["commits"] > 0, (layer, chain["freshness"])

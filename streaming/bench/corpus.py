@@ -5,6 +5,10 @@ the producer never limits a drain step. Rate-ladder payloads are rendered before
 starts, in chunks of 1/20 s, each stamped with an event time on a schedule (anchor + chunk / 20 s);
 the paced sender then only hands pre-rendered bytes to librdkafka and records when each chunk
 went out, which maps any event time back to the moment its record reached Kafka.
+
+At most `CYCLE_SECONDS` of a step are rendered, so a 30-minute step fits in memory: later chunks
+send those bytes again with a new event id prefix per cycle and the chunk's own event time,
+two byte replacements per message instead of a render.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ ENTITY = "telemetry"
 FORMAT = "json"
 CHUNKS_PER_SECOND = 20
 PRELOAD_CHUNK = 5_000
+CYCLE_SECONDS = 60
+# Every rendered telemetry payload opens with its event id, a UUID of 36 characters.
+_ID_OPEN = b'{"event_id":"'
+_ID_PREFIX = 8
 Payload = tuple[bytes | None, bytes]
 
 
@@ -44,30 +52,67 @@ class Preloaded:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Pre-rendered chunks for one rate step; chunk j carries event time anchor + j / 20 s.
+    """A rate step in chunks; chunk j carries event time anchor + j / 20 s.
 
     The first `warmup` chunks (one second of the rate) are sent at once before the measured part,
     so the pipeline's first-batch costs (code generation, caches) fall outside the measurement.
+    `rendered` holds the warm-up and at most `CYCLE_SECONDS` of chunks; `total` counts the step's
+    chunks, warm-up included, and `chunk(j)` gives any of them.
     """
 
     rate: int
-    chunks: list[list[Payload]]
+    rendered: list[list[Payload]]
+    total: int
     anchor: datetime
     warmup: int
     render_s: float
 
     @property
     def events(self) -> int:
-        return sum(len(chunk) for chunk in self.chunks[self.warmup :])
+        return sum(len(self._source(j)[0]) for j in range(self.warmup, self.total))
+
+    def chunk(self, j: int) -> list[Payload]:
+        """Chunk j's messages: rendered, or a rendered chunk renewed for cycle 1, 2, ..."""
+        payloads, cycle = self._source(j)
+        if cycle == 0:
+            return payloads
+        rendered_at = _stamp(self.anchor, self.warmup + (j - self.warmup) % self._cycle)
+        return renew(payloads, cycle, rendered_at, _stamp(self.anchor, j))
+
+    def _source(self, j: int) -> tuple[list[Payload], int]:
+        if j < len(self.rendered):
+            return self.rendered[j], 0
+        cycle, index = divmod(j - self.warmup, self._cycle)
+        return self.rendered[self.warmup + index], cycle
+
+    @property
+    def _cycle(self) -> int:
+        return len(self.rendered) - self.warmup
 
     def chunk_of(self, event_time: float) -> int:
         """The chunk an event time (unix seconds) was rendered in, clamped to the schedule."""
         offset = (event_time - self.anchor.timestamp()) * CHUNKS_PER_SECOND
-        return min(max(round(offset), 0), len(self.chunks) - 1)
+        return min(max(round(offset), 0), self.total - 1)
 
     def event_time(self, chunk: int) -> float:
         """The event time (unix seconds) of every message of a chunk."""
         return self.anchor.timestamp() + chunk / CHUNKS_PER_SECOND
+
+
+def renew(payloads: list[Payload], cycle: int, old_time: bytes, new_time: bytes) -> list[Payload]:
+    """Payloads sent again in `cycle` (>= 1): the first 8 hex digits of each event id become the
+    cycle's number (ids stay UUID-shaped and unique per cycle) and the event time moves on."""
+    prefix = _ID_OPEN + b"%08x" % cycle
+    cut = len(_ID_OPEN) + _ID_PREFIX
+    if payloads and not (payloads[0][1].startswith(_ID_OPEN) and old_time in payloads[0][1]):
+        raise ValueError("a rendered payload does not open with its event id and time")
+    return [(key, prefix + value[cut:].replace(old_time, new_time, 1)) for key, value in payloads]
+
+
+def _stamp(anchor: datetime, chunk: int) -> bytes:
+    """A chunk's event time as the simulator writes it into a telemetry payload."""
+    moment = anchor + timedelta(seconds=chunk / CHUNKS_PER_SECOND)
+    return b'"timestamp":"' + moment.isoformat(timespec="milliseconds").encode() + b'"'
 
 
 @dataclass(frozen=True)
@@ -126,16 +171,18 @@ def preload(config: Config, events: int, seed: int) -> Preloaded:
 
 def render_schedule(rate: int, seconds: int, seed: int) -> Schedule:
     """One second of warm-up, then `rate * seconds` messages, in chunks of 1/20 s with event
-    times on the send schedule."""
+    times on the send schedule (at most `CYCLE_SECONDS` of them rendered, see `Schedule`)."""
     stream = MessageStream(ENTITY, FORMAT, seed=seed)
     anchor = _millis(datetime.now(UTC))
     started = time.monotonic()
-    sizes = _paced_sizes(rate, 1) + _paced_sizes(rate, seconds)
+    sizes = _paced_sizes(rate, 1) + _paced_sizes(rate, min(seconds, CYCLE_SECONDS))
     chunks = [
         render(stream, n, anchor + timedelta(seconds=j / CHUNKS_PER_SECOND))
         for j, n in enumerate(sizes)
     ]
-    return Schedule(rate, chunks, anchor, CHUNKS_PER_SECOND, round(time.monotonic() - started, 2))
+    total = (1 + seconds) * CHUNKS_PER_SECOND
+    render_s = round(time.monotonic() - started, 2)
+    return Schedule(rate, chunks, total, anchor, CHUNKS_PER_SECOND, render_s)
 
 
 def send_chunks(config: Config, schedule: Schedule, first: int, end: int, paced: bool) -> Sent:
@@ -153,7 +200,7 @@ def send_chunks(config: Config, schedule: Schedule, first: int, end: int, paced:
             sender.wait_until(due)
             slip = max(slip, time.monotonic() - due)
         times.append(time.time())
-        sender.send(topic, schedule.chunks[j])
+        sender.send(topic, schedule.chunk(j))
     ended = time.time()
     sender.flush()
     return Sent(

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from streaming.bench import freshness
+from streaming.bench import freshness, memory
 from streaming.bench.corpus import ENTITY, Schedule, Sent, render_schedule, send_chunks
 from streaming.bench.pipeline import READY_TIMEOUT_S, Pipeline, fetch
 from streaming.bench.report import lag_word
@@ -47,8 +47,10 @@ def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str
         warmup_s = _wait_drained(monitor, pipeline, schedule, warm, READY_TIMEOUT_S)
         assert pipeline.sampler is not None
         pipeline.sampler.mark()
-        sent = send_chunks(config, schedule, schedule.warmup, len(schedule.chunks), paced=True)
+        memory_monitor = memory.MemoryMonitor(pipeline.process.pid, seconds).start()
+        sent = send_chunks(config, schedule, schedule.warmup, schedule.total, paced=True)
         usage = pipeline.sampler.mark()
+        memory_samples = memory_monitor.stop()
         allowance = _drain_allowance(seconds, warmup_s)
         drain_s = _wait_drained(monitor, pipeline, schedule, sent, allowance)
     finally:
@@ -82,6 +84,7 @@ def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str
         "pipeline_cpu_cores": round(usage.cpu_s / usage.wall_s, 2) if usage.wall_s else None,
         "pipeline_cpu_s": usage.cpu_s,
         "pipeline_peak_rss_mb": usage.peak_rss_mb,
+        "memory": memory.summary(memory_samples, sent.started),
         "lag_samples": [
             [round(s.at - sent.started, 1), s.end_offsets - s.committed]
             for s in monitor.samples

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from streaming.bench import memory
 from streaming.config import Config
 from streaming.errors import SetupError
 
@@ -160,6 +161,14 @@ def _drain_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _heap(summary: dict[str, Any] | None) -> str:
+    """`first -> last (verdict)` of the JVM's live heap over a step."""
+    heaps = [s["live_heap_mb"] for s in (summary or {}).get("samples", ()) if s["live_heap_mb"]]
+    if not heaps:
+        return "-"
+    return f"{heaps[0]:,.0f} → {heaps[-1]:,.0f} ({summary['verdict']})"  # type: ignore[index]
+
+
 def _rates_table(result: dict[str, Any]) -> list[str]:
     seconds = result["options"]["rate_seconds"]
     lines = [
@@ -167,8 +176,8 @@ def _rates_table(result: dict[str, Any]) -> list[str]:
         "",
         "| pipeline | offered /s | achieved /s | Kafka lag | lag growth | max lag s "
         "| Bronze p50 / p95 s | Silver p50 / p95 s | Gold p50 / p95 s | drained after s "
-        "| pipeline CPU cores |",
-        "|---|--:|--:|:-:|--:|--:|--:|--:|--:|--:|--:|",
+        "| pipeline CPU cores | JVM live heap MB |",
+        "|---|--:|--:|:-:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in result["rates"]:
         f, lag = r["freshness"], r["kafka_lag"]
@@ -178,7 +187,7 @@ def _rates_table(result: dict[str, Any]) -> list[str]:
             f"| {_n(lag.get('growth'), 3)} | {_n(lag.get('max_lag_seconds'), 1)} "
             f"| {_pair(f['bronze'])} | {_pair(f['silver'])} | {_pair(f['gold'])} "
             f"| {_n(r['drain_s'], 0) if r['caught_up'] else 'not drained'} "
-            f"| {_n(r['pipeline_cpu_cores'], 2)} |"
+            f"| {_n(r['pipeline_cpu_cores'], 2)} | {_heap(r.get('memory'))} |"
         )
     head = result.get("headline", {})
     kinds = {r["pipeline"] for r in result["rates"]}
@@ -205,7 +214,10 @@ def _rates_table(result: dict[str, Any]) -> list[str]:
         "slope of Bronze's lag right after each commit while sending, as a share of the offered "
         "rate (flat below 0.05; undetermined with fewer than three commits). Where a layer has "
         "not drained, its freshness covers only the commits seen and understates the real "
-        "staleness.",
+        "staleness. JVM live heap: what a forced full collection leaves on the heap, at "
+        "the first and last of about ten readings while sending; level when it grew by at most "
+        f"{memory.LEVEL_MB:.0f} MB or {memory.LEVEL_FRACTION:.0%} after the first third of a "
+        f"step of at least {memory.MIN_VERDICT_S:.0f} s.",
         "",
     ]
     return lines
