@@ -163,3 +163,57 @@ def test_a_new_optional_field_becomes_a_column_and_an_incompatible_one_is_quaran
     assert [(r["stage"], r["rule_ids"]) for r in quarantine.collect()] == [
         ("schema", ["schema.wrong_type"])
     ]
+
+
+class _Crash(Exception):
+    """Raised right after the n-th write of a batch has committed, as a kill -9 there would."""
+
+
+def test_a_batch_that_dies_after_any_of_its_writes_ends_as_one_that_never_died(
+    spark, config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streaming.silver import writer as silver_writer
+
+    events = [telemetry(f"c-{i}", NOW - timedelta(seconds=i), 40.0 + i) for i in range(6)]
+    events.append(dict(events[1]))  # a duplicate
+    events.append(telemetry("bad", NOW, 150.0))  # quarantined
+    batch = bronze_batch(spark, events, first_offset=0).localCheckpoint()  # as stored in Bronze
+    clean = load_config({**lake_env(tmp_path / "clean", "127.0.0.1:1", "w."),
+                         "LAKEHOUSE_PII_KEY": PII_KEY})  # fmt: skip
+    writer_for(spark, clean, check_inputs(clean), "telemetry")(batch, 0)
+    _, expected = snapshot(spark, clean)
+    expected_rows = {name: frame.collect() for name, frame in expected.items()}
+
+    writes = {"n": 0, "crash_after": 0}
+    append, merge = silver_writer._append, silver_writer.SilverWriter._merge_vehicle_state
+
+    def counted(write):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            write(*args, **kwargs)
+            writes["n"] += 1
+            if writes["n"] == writes["crash_after"]:
+                raise _Crash(f"after write {writes['n']}")
+
+        return wrapper
+
+    monkeypatch.setattr(silver_writer, "_append", counted(append))
+    monkeypatch.setattr(silver_writer.SilverWriter, "_merge_vehicle_state", counted(merge))
+    # Each attempt dies one write later than the one before, with a new writer each time as
+    # after a restart, until one gets through: after Silver has committed, a replay's other
+    # writes are all skipped, so it never reaches as many writes as the attempt before it.
+    crashes = 0
+    while True:
+        writes.update(n=0, crash_after=crashes + 1)
+        try:
+            writer_for(spark, config, check_inputs(config), "telemetry")(batch, 0)
+        except _Crash:
+            crashes += 1
+            continue
+        break
+
+    _, replayed = snapshot(spark, config)
+    for name, frame in replayed.items():
+        assertDataFrameEqual(frame, expected_rows[name])
+    assert crashes >= 4  # after the duplicates, quarantine, vehicle_state and Silver writes
+    assert [len(expected_rows[n]) for n in ("silver", "duplicates", "quarantine")] == [6, 1, 1]
+    assert len(expected_rows["vehicle_state"]) == 1

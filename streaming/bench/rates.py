@@ -24,6 +24,7 @@ from streaming.config import Config
 log = logging.getLogger(__name__)
 SAMPLE_EVERY_S = 1.0
 MIN_DRAIN_S = 60.0
+MAX_DRAIN_S = 300.0
 
 
 def telemetry_gold_queries(layers: tuple[str, ...]) -> list[str]:
@@ -94,9 +95,11 @@ def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str
 
 
 def _drain_allowance(seconds: int, warmup_s: float | None) -> float:
-    """How long the pipeline gets after the sender stops: the step's length, or three times
-    what the one-second warm-up took through Gold (its per-batch latency), at least 60 s."""
-    return max(MIN_DRAIN_S, float(seconds), 3 * (warmup_s or READY_TIMEOUT_S / 3))
+    """How long the pipeline gets after the sender stops: the step's length (at most 5 minutes:
+    a long step's backlog is measured by its lag, not waited out), or three times what the
+    one-second warm-up took through Gold (its per-batch latency), at least 60 s."""
+    step = min(float(seconds), MAX_DRAIN_S)
+    return max(MIN_DRAIN_S, step, 3 * (warmup_s or READY_TIMEOUT_S / 3))
 
 
 def _wait_drained(

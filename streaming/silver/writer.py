@@ -1,9 +1,12 @@
 """The Silver foreachBatch writer: one micro-batch of Bronze rows into every Silver output.
 
-Write order matters for exactly-once: the duplicates table and quarantine are written before
-Silver, and all of them carry (txnAppId, txnVersion = batch id). Duplicate detection reads
-Silver, so on a replay after a partial commit it sees the same Silver as the first attempt until
-the Silver write itself has committed, and after that every write of the batch is skipped.
+Write order matters for exactly-once: the duplicates table, quarantine and vehicle_state are
+written before Silver, and all of them carry (txnAppId, txnVersion = batch id). Duplicate
+detection reads Silver, so on a replay after a partial commit it sees the same Silver as the
+first attempt until the Silver write itself has committed, and after that every write of the
+batch is skipped. (A replay would then find every row of the batch in Silver already, with no
+fresh row left to bring vehicle_state up to date: hence vehicle_state before Silver. Its
+MERGE lets only a newer event overwrite a vehicle's row, so doing it again changes nothing.)
 
 Silver receives an append, not an insert-only MERGE: the batch has already been anti-joined
 with the Silver rows its keys can meet (to record each duplicate), and that anti-join is what
@@ -125,11 +128,11 @@ class SilverWriter:
             if counts["stages"]:
                 rejected = rows.where(F.col("_rejection").isNotNull())
                 _append(transform.quarantine_rows(rejected, batch_id), self.paths.quarantine)
+            if counts["valid"] and self.contract.entity == "telemetry":
+                self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
             if counts["valid"]:
                 # A new optional field in the contract becomes a new Silver column.
                 _append(transform.silver_rows(fresh, batch_id), self.paths.silver, evolve=True)
-                if self.contract.entity == "telemetry":
-                    self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
         return counts
 
     def _fail_on_fatal(self, rows: DataFrame, batch_id: int) -> None:
