@@ -69,25 +69,22 @@ class Schedule:
 
     @property
     def events(self) -> int:
-        return sum(len(self._source(j)[0]) for j in range(self.warmup, self.total))
+        return sum(len(self.rendered[self._source(j)[0]]) for j in range(self.warmup, self.total))
 
     def chunk(self, j: int) -> list[Payload]:
         """Chunk j's messages: rendered, or a rendered chunk renewed for cycle 1, 2, ..."""
-        payloads, cycle = self._source(j)
+        index, cycle = self._source(j)
+        payloads = self.rendered[index]
         if cycle == 0:
             return payloads
-        rendered_at = _stamp(self.anchor, self.warmup + (j - self.warmup) % self._cycle)
-        return renew(payloads, cycle, rendered_at, _stamp(self.anchor, j))
+        return renew(payloads, cycle, _stamp(self.anchor, index), _stamp(self.anchor, j))
 
-    def _source(self, j: int) -> tuple[list[Payload], int]:
+    def _source(self, j: int) -> tuple[int, int]:
+        """(the rendered chunk that chunk j sends, its cycle: 0 for the rendered chunks)."""
         if j < len(self.rendered):
-            return self.rendered[j], 0
-        cycle, index = divmod(j - self.warmup, self._cycle)
-        return self.rendered[self.warmup + index], cycle
-
-    @property
-    def _cycle(self) -> int:
-        return len(self.rendered) - self.warmup
+            return j, 0
+        cycle, offset = divmod(j - self.warmup, len(self.rendered) - self.warmup)
+        return self.warmup + offset, cycle
 
     def chunk_of(self, event_time: float) -> int:
         """The chunk an event time (unix seconds) was rendered in, clamped to the schedule."""

@@ -12,17 +12,14 @@ nothing pauses them, no heap readings (resident memory only).
 
 from __future__ import annotations
 
-import logging
-import shutil
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.bench.procfs import kind_of, process_tree, rss_mb
+from streaming.bench.procfs import kind_of, process_tree, rss_by_kind
 
-log = logging.getLogger(__name__)
 SAMPLES = 10
 MIN_EVERY_S = 5.0
 # Growth over the last two thirds of a step that still counts as level: JIT code, class data
@@ -41,8 +38,6 @@ class MemorySample:
 
 def live_heap_mb(pid: int) -> float | None:
     """What a full collection leaves on the JVM's heap, in MiB; None if it cannot be read."""
-    if shutil.which("jcmd") is None:
-        return None
     try:
         lines = subprocess.run(
             ["jcmd", str(pid), "GC.class_histogram"],
@@ -84,12 +79,9 @@ class MemoryMonitor:
             self.samples.append(self._sample())
 
     def _sample(self) -> MemorySample:
-        rss: dict[str, float] = {}
-        jvm: int | None = None
-        for proc in process_tree(self.root):
-            kind = kind_of(proc, self.root)
-            rss[kind] = round(rss.get(kind, 0.0) + rss_mb(proc.pid), 1)
-            jvm = proc.pid if kind == "jvm" and jvm is None else jvm
+        tree = process_tree(self.root)
+        rss = {kind: round(mb, 1) for kind, mb in rss_by_kind(tree, self.root).items()}
+        jvm = next((p.pid for p in tree if kind_of(p, self.root) == "jvm"), None)
         heap = live_heap_mb(jvm) if jvm is not None and self.heap else None
         return MemorySample(time.time(), heap, rss)
 

@@ -79,6 +79,15 @@ def process_tree(root: int) -> list[_Proc]:
     return tree
 
 
+def rss_by_kind(tree: list[_Proc], root: int) -> dict[str, float]:
+    """Resident MiB of a process tree per kind (python, jvm, workers)."""
+    rss: dict[str, float] = {}
+    for proc in tree:
+        kind = kind_of(proc, root)
+        rss[kind] = rss.get(kind, 0.0) + rss_mb(proc.pid)
+    return rss
+
+
 def kind_of(proc: _Proc, root: int) -> str:
     if proc.comm == "java":
         return "jvm"
@@ -120,10 +129,7 @@ class TreeSampler:
 
     def sample(self) -> None:
         tree = process_tree(self.root)
-        rss: dict[str, float] = {}
-        for proc in tree:
-            kind = kind_of(proc, self.root)
-            rss[kind] = rss.get(kind, 0.0) + rss_mb(proc.pid)
+        rss = rss_by_kind(tree, self.root)
         with self._lock:
             for proc in tree:
                 self._ticks[proc.pid] = max(self._ticks.get(proc.pid, 0), proc.cpu_ticks)

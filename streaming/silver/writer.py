@@ -128,9 +128,9 @@ class SilverWriter:
             if counts["stages"]:
                 rejected = rows.where(F.col("_rejection").isNotNull())
                 _append(transform.quarantine_rows(rejected, batch_id), self.paths.quarantine)
-            if counts["valid"] and self.contract.entity == "telemetry":
-                self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
             if counts["valid"]:
+                if self.contract.entity == "telemetry":  # before Silver: see the module doc
+                    self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
                 # A new optional field in the contract becomes a new Silver column.
                 _append(transform.silver_rows(fresh, batch_id), self.paths.silver, evolve=True)
         return counts
