@@ -17,6 +17,8 @@ from streaming.errors import SetupError
 from streaming.s3 import storage as s3_storage
 
 LOG4J = Path(__file__).resolve().parent / "log4j2.properties"
+POOLS = Path(__file__).resolve().parent / "fairscheduler.xml"
+POOL_PROPERTY = "spark.scheduler.pool"
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -57,9 +59,11 @@ def session_conf(config: Config) -> dict[str, str]:
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
         "spark.kryo.registrator": "org.apache.sedona.core.serde.SedonaKryoRegistrator",
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
-        # Many queries share one application: FAIR scheduling keeps a busy layer (Bronze at
-        # full speed) from starving the others, whose jobs would otherwise queue behind it.
+        # Many queries share one application: FAIR scheduling between one pool per layer, with
+        # Bronze first (fairscheduler.xml), so a long Silver or Gold batch never holds back
+        # ingestion, and a busy Bronze never starves the others.
         "spark.scheduler.mode": "FAIR",
+        "spark.scheduler.allocation.file": str(POOLS),
         "spark.sql.session.timeZone": "UTC",
         # -Xss: a query stopped inside a Python foreachBatch is told from a failure by a regex
         # over the Python error text, which overflowed the default 1 MB thread stack (a
@@ -105,8 +109,13 @@ def session_conf(config: Config) -> dict[str, str]:
 
 
 def stream_writer(frame: DataFrame, name: str, config: Config, once: bool) -> DataStreamWriter:
-    """The writer of the named query `name`: its own checkpoint, and the configured trigger
-    (`once`: process what is available now, then stop)."""
+    """The writer of the named query `<layer>.<table>`: its own checkpoint, the configured
+    trigger (`once`: process what is available now, then stop), and its layer's scheduler pool.
+
+    The pool is a local property of the calling thread, which the query's own thread takes over
+    when it starts: call `start()` on the returned writer before starting another layer's query.
+    """
+    frame.sparkSession.sparkContext.setLocalProperty(POOL_PROPERTY, name.split(".")[0])
     writer = frame.writeStream.queryName(name).option(
         "checkpointLocation", config.checkpoint_path(name)
     )

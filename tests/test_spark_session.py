@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from tests.builders import TRACE_MARKERS
@@ -56,3 +57,44 @@ def test_stopping_a_query_mid_batch_prints_no_jvm_trace(tmp_path: Path) -> None:
     assert "StackOverflowError" not in result.stderr, result.stderr[:2000]
     for marker in TRACE_MARKERS:
         assert marker not in result.stderr, result.stderr[:2000]
+
+
+def test_each_layer_runs_its_jobs_in_its_own_scheduler_pool_with_bronze_first(
+    spark, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Without a pool per layer every query shares one FIFO pool: a long Silver stage then
+    holds every core while Bronze's batches queue behind it, and ingestion falls behind."""
+    from streaming.config import load_config
+    from streaming.spark import POOL_PROPERTY, stream_writer
+
+    config = load_config({**lake_env(tmp_path, "127.0.0.1:1", "unused."),
+                          "LAKEHOUSE_TRIGGER_INTERVAL": "1 second"})  # fmt: skip
+    seen: dict[str, set[str | None]] = {"bronze.rates": set(), "silver.rates": set()}
+
+    def recorder(name: str):  # type: ignore[no-untyped-def]
+        def batch(frame, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+            seen[name].add(frame.sparkSession.sparkContext.getLocalProperty(POOL_PROPERTY))
+            frame.count()  # a job of the query's own thread
+
+        return batch
+
+    source = spark.readStream.format("rate").option("rowsPerSecond", 10).load()
+    queries = [
+        stream_writer(source, name, config, once=False).foreachBatch(recorder(name)).start()
+        for name in seen
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while any(len(pools) == 0 for pools in seen.values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        for query in queries:
+            query.stop()
+    assert seen == {"bronze.rates": {"bronze"}, "silver.rates": {"silver"}}
+    scheduler = spark.sparkContext._jsc.sc()
+    pools = {name: scheduler.getPoolForName(name) for name in ("bronze", "silver", "gold")}
+    weights = {
+        name: (pool.get().weight(), pool.get().minShare()) if pool.isDefined() else None
+        for name, pool in pools.items()
+    }
+    assert weights == {"bronze": (4, 2), "silver": (1, 0), "gold": (1, 0)}
