@@ -60,8 +60,9 @@ def session_conf(config: Config) -> dict[str, str]:
         "spark.kryo.registrator": "org.apache.sedona.core.serde.SedonaKryoRegistrator",
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
         # Many queries share one application: FAIR scheduling between one pool per layer, with
-        # Bronze first (fairscheduler.xml), so a long Silver or Gold batch never holds back
-        # ingestion, and a busy Bronze never starves the others.
+        # Bronze first (fairscheduler.xml), so a pending Bronze task gets the next free core
+        # rather than queueing behind Silver's and Gold's stages (running tasks are not
+        # preempted: Silver's batch bound keeps its tasks short, see silver/query.py).
         "spark.scheduler.mode": "FAIR",
         "spark.scheduler.allocation.file": str(POOLS),
         "spark.sql.session.timeZone": "UTC",
