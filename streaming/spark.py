@@ -6,8 +6,11 @@ through `spark.jars`; nothing is resolved with Ivy at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,7 +67,7 @@ def session_conf(config: Config) -> dict[str, str]:
         # rather than queueing behind Silver's and Gold's stages (running tasks are not
         # preempted: Silver's batch bound keeps its tasks short, see silver/query.py).
         "spark.scheduler.mode": "FAIR",
-        "spark.scheduler.allocation.file": str(POOLS),
+        "spark.scheduler.allocation.file": pools_file(),
         "spark.sql.session.timeZone": "UTC",
         # -Xss: a query stopped inside a Python foreachBatch is told from a failure by a regex
         # over the Python error text, which overflowed the default 1 MB thread stack (a
@@ -107,6 +110,22 @@ def session_conf(config: Config) -> dict[str, str]:
     conf.update(s3_storage.spark_conf(config))  # S3A and the Delta log store, for s3a:// only
     conf.update(config.spark.extra)
     return conf
+
+
+def pools_file() -> str:
+    """fairscheduler.xml as a file on this host: Spark opens a path, and under spark-submit the
+    package may be a zip (--py-files) whose members are not files. Then its bytes are copied
+    once to the temporary folder, under a name that changes with them."""
+    if POOLS.is_file():
+        return str(POOLS)
+    data = resources.files("streaming").joinpath(POOLS.name).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"lakehouse-{digest}-{POOLS.name}"
+    if not target.is_file():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(target)  # atomic: concurrent drivers never read half a file
+    return str(target)
 
 
 def stream_writer(frame: DataFrame, name: str, config: Config, once: bool) -> DataStreamWriter:

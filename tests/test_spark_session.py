@@ -98,3 +98,32 @@ def test_each_layer_runs_its_jobs_in_its_own_scheduler_pool_with_bronze_first(
         for name, pool in pools.items()
     }
     assert weights == {"bronze": (4, 2), "silver": (1, 0), "gold": (1, 0)}
+
+
+def test_the_scheduler_pools_are_a_real_file_when_the_package_is_a_zip(tmp_path: Path) -> None:
+    """spark-submit --py-files ships the package as a zip: a path into it is no file, and a
+    SparkContext given one as its allocation file does not start."""
+    import shutil
+
+    import streaming
+    from streaming.spark import POOLS
+
+    staging = tmp_path / "staging"
+    source = Path(streaming.__file__).resolve().parent
+    shutil.copytree(source, staging / "streaming", ignore=shutil.ignore_patterns("__pycache__"))
+    archive = shutil.make_archive(str(tmp_path / "streaming"), "zip", staging)
+    probe = "import streaming.spark as s; print(s.__file__); print(s.pools_file())"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": archive, "TMPDIR": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    module, pools = result.stdout.split()
+    assert module.startswith(archive), module  # imported from the zip, as under spark-submit
+    assert Path(pools).is_file(), pools
+    assert Path(pools).read_bytes() == POOLS.read_bytes()
