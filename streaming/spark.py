@@ -67,13 +67,13 @@ def session_conf(config: Config) -> dict[str, str]:
         # rather than queueing behind Silver's and Gold's stages (running tasks are not
         # preempted: Silver's batch bound keeps its tasks short, see silver/query.py).
         "spark.scheduler.mode": "FAIR",
-        "spark.scheduler.allocation.file": pools_file(),
+        "spark.scheduler.allocation.file": package_file(POOLS),
         "spark.sql.session.timeZone": "UTC",
         # -Xss: a query stopped inside a Python foreachBatch is told from a failure by a regex
         # over the Python error text, which overflowed the default 1 MB thread stack (a
         # StackOverflowError and a thousand-line JVM trace on a Ctrl-C that caught a batch).
         "spark.driver.extraJavaOptions": (
-            f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={LOG4J}"
+            f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={package_file(LOG4J)}"
         ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
@@ -112,15 +112,15 @@ def session_conf(config: Config) -> dict[str, str]:
     return conf
 
 
-def pools_file() -> str:
-    """fairscheduler.xml as a file on this host: Spark opens a path, and under spark-submit the
-    package may be a zip (--py-files) whose members are not files. Then its bytes are copied
-    once to the temporary folder, under a name that changes with them."""
-    if POOLS.is_file():
-        return str(POOLS)
-    data = resources.files("streaming").joinpath(POOLS.name).read_bytes()
+def package_file(path: Path) -> str:
+    """One of the package's own files as a path on this host, for Spark or the JVM to open:
+    under spark-submit the package may be a zip (--py-files) whose members are not files. Then
+    its bytes are copied once to the temporary folder, under a name that changes with them."""
+    if path.is_file():
+        return str(path)
+    data = resources.files("streaming").joinpath(path.name).read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"lakehouse-{digest}-{POOLS.name}"
+    target = Path(tempfile.gettempdir()) / f"lakehouse-{digest}-{path.name}"
     if not target.is_file():
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         partial.write_bytes(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+import streaming
 from streaming.config import Config
 
 LAKEHOUSE = [sys.executable, "-m", "streaming.cli"]
@@ -32,6 +34,14 @@ def one_clear_line(result: subprocess.CompletedProcess[str], exit_code: int, *ph
         assert phrase in errors[0], errors[0]
     for marker in TRACE_MARKERS:
         assert marker not in result.stderr
+
+
+def package_zip(folder: Path) -> Path:
+    """The `streaming` package as a zip, the form --py-files ships to every executor."""
+    source = Path(streaming.__file__).resolve().parent
+    staging = folder / "staging"
+    shutil.copytree(source, staging / "streaming", ignore=shutil.ignore_patterns("__pycache__"))
+    return Path(shutil.make_archive(str(folder / "streaming"), "zip", staging))
 
 
 def lakehouse(

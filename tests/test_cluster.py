@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from streaming.config import ENTITIES
 from streaming.gold.aggregates import TABLES, UPDATED_AT
 from streaming.jars import require
 from streaming.verify import check_bronze, check_gold, check_silver
-from tests.builders import lakehouse
+from tests.builders import lakehouse, package_zip
 from tests.conftest import _free_ports
 
 pytestmark = pytest.mark.e2e
@@ -83,14 +82,6 @@ def _wait_for_worker(ui: int, processes: list[subprocess.Popen], log: Path) -> N
     raise AssertionError("the standalone cluster did not come up: " + log.read_text()[-3000:])
 
 
-def _package_zip(folder: Path) -> Path:
-    """The `streaming` package as a zip, the form --py-files ships to every executor."""
-    source = Path(streaming.__file__).resolve().parent
-    staging = folder / "staging"
-    shutil.copytree(source, staging / "streaming", ignore=shutil.ignore_patterns("__pycache__"))
-    return Path(shutil.make_archive(str(folder / "streaming"), "zip", staging))
-
-
 def _table(spark, path: str):  # type: ignore[no-untyped-def]
     """A table without write times, maps as sorted entry arrays (set operations reject maps)."""
     from pyspark.sql import functions as F
@@ -133,7 +124,7 @@ def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
         [str(SPARK_HOME / "bin" / "spark-submit"), "--master", master,
          "--deploy-mode", "client", "--driver-memory", "2g", "--executor-memory", "2g",
          "--total-executor-cores", "2", "--jars", jars,
-         "--py-files", str(_package_zip(tmp_path)),
+         "--py-files", str(package_zip(tmp_path)),
          str(Path(streaming.__file__).parent / "cli.py"), "run", "all", "--once"],
         env=submit_env, capture_output=True, text=True, timeout=1200, check=False,
     )  # fmt: skip

@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.builders import TRACE_MARKERS
+from tests.builders import TRACE_MARKERS, package_zip
 from tests.conftest import lake_env
 
 # A foreachBatch query whose batch is a long Spark job; it is stopped while that job runs, as
@@ -103,16 +103,10 @@ def test_each_layer_runs_its_jobs_in_its_own_scheduler_pool_with_bronze_first(
 def test_the_scheduler_pools_are_a_real_file_when_the_package_is_a_zip(tmp_path: Path) -> None:
     """spark-submit --py-files ships the package as a zip: a path into it is no file, and a
     SparkContext given one as its allocation file does not start."""
-    import shutil
-
-    import streaming
     from streaming.spark import POOLS
 
-    staging = tmp_path / "staging"
-    source = Path(streaming.__file__).resolve().parent
-    shutil.copytree(source, staging / "streaming", ignore=shutil.ignore_patterns("__pycache__"))
-    archive = shutil.make_archive(str(tmp_path / "streaming"), "zip", staging)
-    probe = "import streaming.spark as s; print(s.__file__); print(s.pools_file())"
+    archive = str(package_zip(tmp_path))
+    probe = "import streaming.spark as s; print(s.__file__); print(s.package_file(s.POOLS))"
     result = subprocess.run(
         [sys.executable, "-c", probe],
         env={**os.environ, "PYTHONPATH": archive, "TMPDIR": str(tmp_path)},
