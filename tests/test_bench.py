@@ -34,7 +34,7 @@ def _options(*argv: str) -> argparse.Namespace:
 
 def test_quick_defaults_and_overrides() -> None:
     quick = options_from_args(_options("--quick"))
-    assert (quick.events, quick.rates, quick.rate_seconds) == (20_000, (2_000,), 20)
+    assert (quick.events, quick.rates, quick.rate_seconds) == (5_000, (1_000,), 10)
     assert quick.drain_mode == "chained"
     assert quick.rate_pipelines == ("all", "bronze")
     alone = options_from_args(_options("--quick", "--rate-pipelines", "bronze"))
@@ -195,8 +195,8 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
     result = json.loads((out / "results.json").read_text())
 
     corpus = result["corpus"]
-    assert corpus["events"] == 20_000
-    assert corpus["payload_bytes"] > 20_000 * 100
+    assert corpus["events"] == 5_000
+    assert corpus["payload_bytes"] > 5_000 * 100
     assert [step["step"] for step in result["drain"]] == DRAIN_STEPS
     for step in result["drain"]:
         name = step["step"]
@@ -211,21 +211,21 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
             assert step["peak_rss_mb"]["jvm"] > 0, name
             assert step["startup_s"] > 0, name
     gold_rows = result["drain"][-1]["rows"]
-    assert gold_rows["bronze.telemetry"] == gold_rows["silver.telemetry"] == 20_000
+    assert gold_rows["bronze.telemetry"] == gold_rows["silver.telemetry"] == 5_000
     assert gold_rows["gold.battery_health_metrics_weekly"] > 0
 
     chain, alone = result["rates"]
     assert (chain["pipeline"], alone["pipeline"]) == ("all", "bronze")
     for rate in (chain, alone):
-        assert rate["rate"] == 2_000
-        assert rate["acked"] == rate["events"] == 40_000
+        assert rate["rate"] == 1_000
+        assert rate["acked"] == rate["events"] == 10_000
         assert rate["failed"] == 0
-        assert rate["achieved_rate"] > 1_000
+        assert rate["achieved_rate"] > 500
         assert rate["lag_samples"]
         assert rate["lag_flat"] in (True, False, None)
         assert rate["pipeline_cpu_s"] > 0
-        samples = rate["memory"]["samples"]  # 20 s: resident memory only, no heap pauses
-        assert len(samples) >= 4 and all(s["rss_mb"]["jvm"] > 100 for s in samples), samples
+        samples = rate["memory"]["samples"]  # 10 s: resident memory only, no heap pauses
+        assert len(samples) >= 2 and all(s["rss_mb"]["jvm"] > 100 for s in samples), samples
         assert rate["memory"]["verdict"] == "undetermined", rate["memory"]
     for layer in ("bronze", "silver", "gold"):
         figures = chain["freshness"][layer]
@@ -233,7 +233,7 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
         assert figures["p50_s"] > 0, (layer, figures)
     assert alone["freshness"]["bronze"]["commits"] > 0, alone["freshness"]
     assert alone["freshness"]["silver"]["commits"] == alone["freshness"]["gold"]["commits"] == 0
-    assert alone["caught_up"], "Bronze alone did not drain 2,000 events/s"
+    assert alone["caught_up"], "Bronze alone did not drain 1,000 events/s"
     assert set(result["headline"]) >= {
         "max_rate_flat_lag", "bronze_alone_max_rate_flat_lag",
         "bronze_alone_max_rate_p95_within_target",
@@ -245,7 +245,7 @@ def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path
 
     markdown = (out / "results.md").read_text()
     assert "## Drain ladder" in markdown and "## Rate ladder" in markdown
-    assert "| `run all` | 2,000 |" in markdown and "| `run bronze` | 2,000 |" in markdown
+    assert "| `run all` | 1,000 |" in markdown and "| `run bronze` | 1,000 |" in markdown
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "results.md" in done.stdout
 

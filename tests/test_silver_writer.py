@@ -185,7 +185,7 @@ def test_a_batch_that_dies_after_any_of_its_writes_ends_as_one_that_never_died(
     expected_rows = {name: frame.collect() for name, frame in expected.items()}
 
     writes = {"n": 0, "crash_after": 0}
-    append, merge = silver_writer._append, silver_writer.SilverWriter._merge_vehicle_state
+    append, merge = silver_writer._append, silver_writer.SilverWriter._update_vehicle_state
 
     def counted(write):  # type: ignore[no-untyped-def]
         def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -197,7 +197,7 @@ def test_a_batch_that_dies_after_any_of_its_writes_ends_as_one_that_never_died(
         return wrapper
 
     monkeypatch.setattr(silver_writer, "_append", counted(append))
-    monkeypatch.setattr(silver_writer.SilverWriter, "_merge_vehicle_state", counted(merge))
+    monkeypatch.setattr(silver_writer.SilverWriter, "_update_vehicle_state", counted(merge))
     # Each attempt dies one write later than the one before, with a new writer each time as
     # after a restart, until one gets through: after Silver has committed, a replay's other
     # writes are all skipped, so it never reaches as many writes as the attempt before it.
@@ -217,3 +217,19 @@ def test_a_batch_that_dies_after_any_of_its_writes_ends_as_one_that_never_died(
     assert crashes >= 4  # after the duplicates, quarantine, vehicle_state and Silver writes
     assert [len(expected_rows[n]) for n in ("silver", "duplicates", "quarantine")] == [6, 1, 1]
     assert len(expected_rows["vehicle_state"]) == 1
+
+
+def test_a_restarted_writer_resumes_from_the_watermark_of_the_last_batch(spark, config) -> None:
+    writer_for(spark, config, check_inputs(config), "telemetry")(
+        bronze_batch(spark, [telemetry("newest", NOW, 50.0)], first_offset=0), 0
+    )
+    restarted = writer_for(spark, config, check_inputs(config), "telemetry")  # nothing in memory
+    # Older than the newest event time so far minus telemetry's 10 minutes: late, though it is
+    # the only event of its batch.
+    old = telemetry("old", NOW - timedelta(minutes=11), 50.0)
+    restarted(bronze_batch(spark, [old], first_offset=1), 1)
+
+    quarantine = spark.read.format("delta").load(config.table_path("quarantine", "telemetry"))
+    assert [(r["stage"], r["rule_ids"]) for r in quarantine.collect()] == [
+        ("late", ["late.watermark"])
+    ]

@@ -13,9 +13,9 @@ from streaming.errors import ConfigError
 DEFAULT_EVENTS = 2_000_000
 DEFAULT_RATES = (10_000, 25_000, 50_000, 75_000)
 DEFAULT_RATE_SECONDS = 60
-QUICK_EVENTS = 20_000
-QUICK_RATES = (2_000,)
-QUICK_RATE_SECONDS = 20
+QUICK_EVENTS = 5_000
+QUICK_RATES = (1_000,)
+QUICK_RATE_SECONDS = 10
 LADDERS = ("drain", "rates")
 # What the rate ladder feeds: the whole chain (`lakehouse run all`), and Bronze alone, as it runs
 # in production in a container of its own (`lakehouse run bronze`), for Bronze's own target.

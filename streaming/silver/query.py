@@ -112,7 +112,7 @@ def _ensure_outputs(
     if contract.entity == "telemetry":
         # No change data feed: nothing follows this table's changes, and with the whole fleet
         # every MERGE updates nearly every row, so a feed would write each row twice more.
-        ensure_table(spark, paths.vehicle_state, transform.latest_per_vehicle(fresh).schema)
+        ensure_table(spark, paths.vehicle_state, transform.state_rows(fresh).schema)
 
 
 def _long() -> Any:

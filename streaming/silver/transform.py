@@ -190,30 +190,39 @@ def silver_rows(fresh: DataFrame, batch_id: int) -> DataFrame:
     )
 
 
-def latest_per_vehicle(telemetry: DataFrame) -> DataFrame:
-    """The newest event per vehicle in a batch (ties broken by Kafka position)."""
+STATE_COLUMNS = (
+    "vehicle_id",
+    "vehicle_type",
+    "status",
+    "latitude",
+    "longitude",
+    "zone_id",
+    "zone_name",
+    "battery_level",
+    "battery_status",
+    "speed_kmh",
+    "event_timestamp",
+    "_kafka_partition",
+    "_kafka_offset",
+)
+
+
+def state_rows(telemetry: DataFrame) -> DataFrame:
+    """Telemetry rows as vehicle_state rows, stamped now."""
+    return telemetry.select(*STATE_COLUMNS, F.current_timestamp().alias("_updated_at"))
+
+
+def latest_per_vehicle(states: DataFrame) -> DataFrame:
+    """The newest of `state_rows` per vehicle: by event time, ties broken by Kafka position,
+    and between two copies of one event the one stamped first (the state already stored)."""
     order = Window.partitionBy("vehicle_id").orderBy(
         F.col("event_timestamp").desc(),
         F.col("_kafka_partition").desc(),
         F.col("_kafka_offset").desc(),
+        F.col("_updated_at").asc(),
     )
     return (
-        telemetry.withColumn("_rank", F.row_number().over(order))
+        states.withColumn("_rank", F.row_number().over(order))
         .where(F.col("_rank") == 1)
-        .select(
-            "vehicle_id",
-            "vehicle_type",
-            "status",
-            "latitude",
-            "longitude",
-            "zone_id",
-            "zone_name",
-            "battery_level",
-            "battery_status",
-            "speed_kmh",
-            "event_timestamp",
-            F.col("_kafka_partition"),
-            F.col("_kafka_offset"),
-            F.current_timestamp().alias("_updated_at"),
-        )
+        .drop("_rank")
     )

@@ -5,8 +5,8 @@ written before Silver, and all of them carry (txnAppId, txnVersion = batch id). 
 detection reads Silver, so on a replay after a partial commit it sees the same Silver as the
 first attempt until the Silver write itself has committed, and after that every write of the
 batch is skipped. (A replay would then find every row of the batch in Silver already, with no
-fresh row left to bring vehicle_state up to date: hence vehicle_state before Silver. Its
-MERGE lets only a newer event overwrite a vehicle's row, so doing it again changes nothing.)
+fresh row left to bring vehicle_state up to date: hence vehicle_state before Silver. Only a
+newer event replaces a vehicle's row there, so doing it again changes nothing.)
 
 Silver receives an append, not an insert-only MERGE: the batch has already been anti-joined
 with the Silver rows its keys can meet (to record each duplicate), and that anti-join is what
@@ -130,7 +130,7 @@ class SilverWriter:
                 _append(transform.quarantine_rows(rejected, batch_id), self.paths.quarantine)
             if counts["valid"]:
                 if self.contract.entity == "telemetry":  # before Silver: see the module doc
-                    self._merge_vehicle_state(spark, transform.latest_per_vehicle(fresh))
+                    self._update_vehicle_state(spark, fresh)
                 # A new optional field in the contract becomes a new Silver column.
                 _append(transform.silver_rows(fresh, batch_id), self.paths.silver, evolve=True)
         return counts
@@ -159,11 +159,7 @@ class SilverWriter:
         self, spark: SparkSession, watermark: datetime | None, batch_id: int
     ) -> None:
         if watermark is not None:
-            frame = spark.createDataFrame(
-                [(batch_id, watermark)], "batch_id LONG, watermark TIMESTAMP"
-            )
-            with self._idempotent(spark, batch_id):
-                _append(frame, self.paths.watermarks)
+            _write_watermark(spark, self.paths.watermarks, batch_id, watermark)
         self._watermark, self._watermark_batch = watermark, batch_id
 
     def _silver(self, spark: SparkSession) -> DataFrame:
@@ -171,17 +167,16 @@ class SilverWriter:
 
         return DeltaTable.forPath(spark, self.paths.silver).toDF()
 
-    def _merge_vehicle_state(self, spark: SparkSession, latest: DataFrame) -> None:
-        from delta.tables import DeltaTable
+    def _update_vehicle_state(self, spark: SparkSession, fresh: DataFrame) -> None:
+        """The stored state and the batch's telemetry, newest per vehicle, as the new table.
 
-        (
-            DeltaTable.forPath(spark, self.paths.vehicle_state)
-            .alias("t")
-            .merge(latest.alias("s"), F.col("t.vehicle_id") == F.col("s.vehicle_id"))
-            .whenMatchedUpdateAll(condition=_newer())
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        A rewrite rather than a MERGE: with the whole fleet, each batch touches nearly every
+        vehicle, so a MERGE rewrote every file as well, after a join to find them. This query is
+        the table's one writer, so the state it reads is the state it replaces.
+        """
+        state = spark.read.format("delta").load(self.paths.vehicle_state)
+        latest = transform.latest_per_vehicle(state.unionByName(transform.state_rows(fresh)))
+        latest.write.format("delta").mode("overwrite").save(self.paths.vehicle_state)
 
     def _idempotent(self, spark: SparkSession, batch_id: int) -> AbstractContextManager[None]:
         return idempotent(spark, self.query_name, batch_id)
@@ -278,17 +273,6 @@ def _fresh_and_duplicate(marked: DataFrame) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def _newer() -> Any:
-    """An older event arriving late never overwrites a newer state (Kafka order breaks ties)."""
-    return (F.col("s.event_timestamp") > F.col("t.event_timestamp")) | (
-        (F.col("s.event_timestamp") == F.col("t.event_timestamp"))
-        & (
-            F.struct("s._kafka_partition", "s._kafka_offset")
-            > F.struct("t._kafka_partition", "t._kafka_offset")
-        )
-    )
-
-
 def _append(frame: DataFrame, path: str, evolve: bool = False) -> None:
     writer = frame.write.format("delta").mode("append")
     if evolve:
@@ -296,16 +280,68 @@ def _append(frame: DataFrame, path: str, evolve: bool = False) -> None:
     writer.save(path)
 
 
-def _stored_watermark(spark: SparkSession, path: str, batch_id: int) -> datetime | None:
-    from delta.tables import DeltaTable
+# The watermark after each batch is one small file, `<batch id>.watermark`, beside the Silver
+# tables rather than a Delta table: a Delta commit per batch cost about a second here, for a
+# value that only a restart reads. It is monotone in the batch id, so the newest file before a
+# batch holds the watermark to resume from; a replay writes the same value again (it is
+# computed from the files before it and the batch), and only the newest few are kept.
+_SUFFIX = ".watermark"
+_KEPT = 10
 
-    if not DeltaTable.isDeltaTable(spark, path):
-        return None
-    row = (
-        spark.read.format("delta")
-        .load(path)
-        .where(F.col("batch_id") < batch_id)
-        .agg(F.max("watermark"))
-        .first()
-    )
-    return row[0] if row else None
+
+def _write_watermark(spark: SparkSession, folder: str, batch_id: int, watermark: datetime) -> None:
+    files = _Files(spark, folder)
+    name = f"{batch_id}{_SUFFIX}"
+    if not files.exists(name):
+        files.write_atomically(name, watermark.isoformat())
+    files.delete(f"{batch_id - _KEPT}{_SUFFIX}")
+
+
+def _stored_watermark(spark: SparkSession, folder: str, batch_id: int) -> datetime | None:
+    """The watermark recorded by the newest batch before `batch_id`, None before any."""
+    files = _Files(spark, folder)
+    batches = [int(n[: -len(_SUFFIX)]) for n in files.names() if n.endswith(_SUFFIX)]
+    before = [b for b in batches if b < batch_id]
+    return datetime.fromisoformat(files.read(f"{max(before)}{_SUFFIX}")) if before else None
+
+
+class _Files:
+    """Small text files in one folder of the lake, through Hadoop's file system (so local
+    paths and s3a:// alike, with the credentials Spark already has)."""
+
+    def __init__(self, spark: SparkSession, folder: str) -> None:
+        context: Any = spark.sparkContext
+        self._jvm = context._jvm
+        self._folder = self._jvm.org.apache.hadoop.fs.Path(folder)
+        self._fs = self._folder.getFileSystem(context._jsc.hadoopConfiguration())
+
+    def _path(self, name: str) -> Any:
+        return self._jvm.org.apache.hadoop.fs.Path(self._folder, name)
+
+    def exists(self, name: str) -> bool:
+        return bool(self._fs.exists(self._path(name)))
+
+    def names(self) -> list[str]:
+        if not self._fs.exists(self._folder):
+            return []
+        return [str(status.getPath().getName()) for status in self._fs.listStatus(self._folder)]
+
+    def read(self, name: str) -> str:
+        stream = self._fs.open(self._path(name))
+        try:
+            return str(self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+
+    def write_atomically(self, name: str, text: str) -> None:
+        """Written under a hidden name, then renamed: readers never see half a file."""
+        partial = self._path(f".{name}.partial")
+        stream = self._fs.create(partial, True)
+        try:
+            stream.write(bytearray(text.encode()))
+        finally:
+            stream.close()
+        self._fs.rename(partial, self._path(name))
+
+    def delete(self, name: str) -> None:
+        self._fs.delete(self._path(name), False)
