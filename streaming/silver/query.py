@@ -110,8 +110,8 @@ def _ensure_outputs(
     _, duplicates = transform.split_duplicates(transform.mark_duplicates(fresh, contract, None))
     ensure_table(spark, paths.duplicates, duplicates.withColumn("_batch_id", _long()).schema)
     if contract.entity == "telemetry":
-        # No change data feed: nothing follows this table's changes, and with the whole fleet
-        # every MERGE updates nearly every row, so a feed would write each row twice more.
+        # No change data feed: nothing follows this table's changes, and every batch rewrites
+        # it (see SilverWriter._update_vehicle_state), so a feed would write each row again.
         ensure_table(spark, paths.vehicle_state, transform.state_rows(fresh).schema)
 
 
