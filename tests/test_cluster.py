@@ -18,7 +18,7 @@ import pytest
 
 import streaming
 from streaming.config import ENTITIES
-from streaming.gold.aggregates import TABLES, UPDATED_AT
+from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT
 from streaming.jars import require
 from streaming.verify import check_bronze, check_gold, check_silver
 from tests.builders import lakehouse, package_zip
@@ -27,8 +27,9 @@ from tests.conftest import _free_ports
 pytestmark = pytest.mark.e2e
 PII_KEY = "test-only-pii-key-0123456789abcdef"
 SPARK_HOME = Path(__import__("pyspark").__file__).resolve().parent
-# Columns that record when a row was written, not what it says.
+# Columns that record when (or from which Silver version) a row was written, not what it says.
 WRITE_TIMES = {"_ingested_at", "_processed_at", "_quarantined_at", UPDATED_AT, "_batch_id"}
+WRITE_TIMES.add(SILVER_VERSION)
 
 
 @pytest.fixture(scope="module")

@@ -65,10 +65,11 @@ class Pipeline:
         self.offset = 0
         self.silver_batch = 0
         self.seen: dict[tuple[str, str], int] = {}  # (Gold, Silver) -> next version to read
+        self.summaries: dict[str, dict] = {}  # Gold query -> its last batch's summary
         self.gold = {
             name: GoldWriter(
                 table, ensure_gold_table(spark, config, table),
-                silver_paths(config, table), query_name(name),
+                silver_paths(config, table), query_name(name), self.summaries.__setitem__,
             )
             for name, table in TABLES.items()
             if set(table.sources) <= {"bookings", "telemetry"}
@@ -92,11 +93,11 @@ class Pipeline:
         for entity, path in silver_paths(self.config, table).items():
             latest = DeltaTable.forPath(self.spark, path).history(1).first()["version"]
             start = self.seen.get((name, path), 0)
-            reader = self.spark.read.format("delta")
+            feed = self.spark.read.format("delta").option("readChangeFeed", "true")
             frames[entity] = (
-                reader.option("readChangeFeed", "true").option("startingVersion", start).load(path)
-                if start <= latest
-                else reader.load(path).limit(0)
+                feed.option("startingVersion", start).load(path)
+                if start <= latest  # else nothing new: an empty feed of the same columns
+                else feed.option("startingVersion", latest).load(path).limit(0)
             )
             self.seen[(name, path)] = latest + 1
         return touched_keys(table, frames)
@@ -194,6 +195,43 @@ def test_battery_time_in_state_charge_cycles_and_drain(spark, late) -> None:
     # 12 (low) -> 8 (critical) -> 9 (critical, charging) -> 11: a minute from each reading
     assert (rows[0]["minutes_critical"], rows[0]["minutes_low"]) == (2.0, 1.0)
     assert rows[0]["drain_rate_pct_per_hour"] == 240.0  # 4 points in the one draining minute
+
+
+def battery(pipeline: Pipeline) -> tuple:
+    path = pipeline.config.table_path("gold", "battery_health_metrics_weekly")
+    (row,) = pipeline.spark.read.format("delta").load(path).collect()
+    return (
+        row["readings"], row["min_battery"], row["charge_cycles"], row["minutes_critical"],
+        row["minutes_low"], row["drain_rate_pct_per_hour"],
+    )  # fmt: skip
+
+
+def test_battery_health_extended_reading_by_reading_equals_the_rebuild(spark, config) -> None:
+    """The late fixture's four readings, in three Silver batches with a Gold batch after each:
+    every Gold batch extends the stored week instead of rebuilding it, and ends where the one
+    batch of all four did. An earlier reading arriving after them makes the week rebuild."""
+    pipeline = Pipeline(spark, config)
+    minute = lambda n: day(-1) + timedelta(minutes=n)  # noqa: E731
+    name = query_name("battery_health_metrics_weekly")
+    batches = [
+        [reading("t1", minute(0), 12.0)],
+        [reading("t2", minute(1), 8.0)],
+        [reading("t3", minute(2), 9.0, "charging"), reading("t4", minute(3), 11.0, "charging")],
+    ]
+    for n, events in enumerate(batches):
+        pipeline.silver_rows("telemetry", events)
+        pipeline.gold_batch(n)
+        assert pipeline.summaries[name]["extended"] == 1
+    assert battery(pipeline) == (4, 8.0, 1, 2.0, 1.0, 240.0)
+    assert check_gold(spark, config, "battery_health_metrics_weekly").ok
+
+    # A minute before t1: 15 (low) -> 12 adds a minute low and 3 points to the drain.
+    pipeline.silver_rows("telemetry", [reading("t0", minute(-1), 15.0)])
+    pipeline.gold_batch(len(batches))
+    check = check_gold(spark, config, "battery_health_metrics_weekly")
+    assert check.ok, check
+    assert battery(pipeline) == (5, 8.0, 1, 2.0, 2.0, 210.0)
+    assert pipeline.summaries[name]["extended"] == 0
 
 
 def test_replaying_a_gold_batch_changes_nothing(spark, late) -> None:

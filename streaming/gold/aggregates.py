@@ -5,6 +5,11 @@ touches, which Silver dates a touched key needs, and how to build rows from Silv
 runs `build` on the Silver rows of the keys a micro-batch touched; `verify` runs the same `build`
 on all of Silver. Arithmetic is exact where it can be (counts, decimal sums, integer time), and
 every rounding is deterministic, so incremental Gold and a recomputation compare equal, exactly.
+
+A table whose keys keep growing through a long period (battery health: a vehicle's week) also
+has an `Extension`: its rows carry their partial aggregates as `_` columns, and new Silver rows
+extend them without reading the key's earlier Silver rows again. Partials and public columns
+come from one `finish`, in the rebuild and in the extension alike, so the two agree exactly.
 """
 
 from __future__ import annotations
@@ -53,20 +58,22 @@ REVENUE_COLUMNS = (
     "active_vehicles",
     "last_event_time",
 )
-BATTERY_COLUMNS = (
-    "vehicle_id",
-    "week_start",
-    "iso_week",
-    "vehicle_type",
-    "readings",
-    "min_battery",
-    "avg_battery",
-    "minutes_critical",
-    "minutes_low",
-    "charge_cycles",
-    "drain_rate_pct_per_hour",
-    "last_event_time",
-)
+SILVER_VERSION = "_silver_version"  # an extended table's rows: the Silver version built from
+
+
+@dataclass(frozen=True)
+class Extension:
+    """How new Silver inserts extend a table's stored rows without a rebuild.
+
+    The writer extends a key when every change of the batch for it is an insert of a Silver
+    version after the one its stored row was built from (SILVER_VERSION), with an event time
+    after the row's `last_event_time`; any other key is rebuilt from Silver. `grow(stored, fresh)`
+    returns the rows of the keys in `fresh` (new Silver rows: key columns and `columns`) from
+    their stored rows, where there are any.
+    """
+
+    columns: tuple[str, ...]
+    grow: Callable[[DataFrame, DataFrame], DataFrame]
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,11 @@ class GoldTable:
     prune: str | None = None
     rolling: bool = False  # demand's 7- and 28-day averages: see with_rolling, refresh_rolling
     hour: str | None = None  # a key column holding the rows' event hour (of the key's `date`)
+    extend: Extension | None = None  # only for a table with one Silver source
+
+    def __post_init__(self) -> None:
+        if self.extend is not None and len(self.sources) != 1:
+            raise ValueError(f"{self.name}: an extension needs exactly one Silver source")
 
 
 def _avg(column: str, scale: int = 4) -> Column:
@@ -284,70 +296,184 @@ def _battery_keys() -> dict[str, Column]:
     return {"vehicle_id": F.col("vehicle_id"), "week_start": week, "_date": week}
 
 
+BATTERY_KEYS = ("vehicle_id", "week_start")
+SUM = "decimal(22,4)"  # a week's sum of battery levels, exact
+# The partials behind a battery health row, kept in the row so that new readings extend it.
+BATTERY_PARTIALS = (
+    "_level_sum",
+    "_critical_micros",
+    "_low_micros",
+    "_drop_sum",
+    "_drain_micros",
+    "_last_level",
+    "_last_status",
+    "_last_battery_status",
+)
+_READING = ("vehicle_type", "event_timestamp", "level", "status", "battery_status")
+_KAFKA_ORDER = ("_kafka_partition", "_kafka_offset")
+_BATTERY_SILVER: tuple[str, ...] = ("vehicle_type", "event_timestamp", "battery_level")
+_BATTERY_SILVER += ("status", "battery_status", *_KAFKA_ORDER)  # what a new reading extends by
+
+
 def battery_health_metrics_weekly(silver: Mapping[str, DataFrame]) -> DataFrame:
     """Per vehicle and ISO week, from telemetry in event-time order.
 
     Time in a state is the time from a reading to the next one in the same week; gaps over ten
     minutes (the vehicle was offline) count nowhere. A charge cycle is a reading that enters
     `charging`. Drain rate is battery percent lost per hour between consecutive readings while
-    not charging.
+    not charging. Readings of one instant keep their Kafka order.
     """
-    order = Window.partitionBy("vehicle_id", "week_start").orderBy("event_timestamp")
+    return _battery_finish(_battery_partials(_battery_readings(silver["telemetry"])))
+
+
+def _battery_readings(telemetry: DataFrame) -> DataFrame:
+    return telemetry.select(
+        "vehicle_id",
+        _week_start(F.col("event_timestamp")).alias("week_start"),
+        "vehicle_type",
+        "event_timestamp",
+        F.col("battery_level").cast(LEVEL).alias("level"),
+        "status",
+        "battery_status",
+        *_KAFKA_ORDER,
+        F.lit(False).alias("_anchor"),
+    )
+
+
+def _battery_partials(readings: DataFrame) -> DataFrame:
+    """Per key, the sums a week's row is finished from, and its last reading.
+
+    An `_anchor` row is the stored last reading of a key that new readings extend: it counts
+    only through its gap to the next reading (and as the previous reading of that one).
+    """
+    order = Window.partitionBy(*BATTERY_KEYS).orderBy("event_timestamp", *_KAFKA_ORDER)
     micros = F.unix_micros("event_timestamp")
-    level = F.col("battery_level").cast(LEVEL)
     gap = F.lead(micros).over(order) - micros
-    counted = F.when(gap <= MAX_GAP_MICROS, gap)
     previous_gap = micros - F.lag(micros).over(order)
     draining = (
         (F.col("status") != "charging")
         & (F.lag("status").over(order) != "charging")
         & (previous_gap <= MAX_GAP_MICROS)
     )
-    readings = silver["telemetry"].withColumn("week_start", _week_start(F.col("event_timestamp")))
     steps = readings.select(
-        "vehicle_id",
-        "week_start",
-        "vehicle_type",
-        "event_timestamp",
-        "battery_status",
-        level.alias("level"),
-        counted.alias("_gap"),
-        F.when(draining, F.lag(level).over(order) - level).alias("_drop"),
-        F.when(draining, previous_gap).alias("_drain_micros"),
+        *BATTERY_KEYS,
+        *_READING,
+        *_KAFKA_ORDER,
+        "_anchor",
+        F.when(gap <= MAX_GAP_MICROS, gap).alias("_gap"),
+        F.when(draining, F.lag("level").over(order) - F.col("level")).alias("_drop"),
+        F.when(draining, previous_gap).alias("_drain"),
         (
             (F.col("status") == "charging")
             & F.coalesce(F.lag("status").over(order) != "charging", F.lit(True))
         ).alias("_charge_start"),
     )
+    real = ~F.col("_anchor")
 
-    def minutes_where(status: str) -> Column:
+    def micros_where(status: str) -> Column:
         spent = F.sum(F.when(F.col("battery_status") == status, F.col("_gap")))
-        return F.round(F.coalesce(spent, F.lit(0)) / F.lit(60_000_000.0), 4)
+        return F.coalesce(spent, F.lit(0)).cast("long")
 
-    drained_hours = F.sum("_drain_micros") / F.lit(3_600_000_000.0)
-    return (
-        steps.groupBy("vehicle_id", "week_start")
-        .agg(
-            F.max("vehicle_type").alias("vehicle_type"),
-            F.count(F.lit(1)).alias("readings"),
-            F.min("level").cast("double").alias("min_battery"),
-            F.round(F.avg("level"), 4).cast("double").alias("avg_battery"),
-            minutes_where("critical").alias("minutes_critical"),
-            minutes_where("low").alias("minutes_low"),
-            F.count(F.when(F.col("_charge_start"), 1)).alias("charge_cycles"),
-            F.when(
-                drained_hours > 0, F.round(F.sum("_drop").cast("double") / drained_hours, 4)
-            ).alias("drain_rate_pct_per_hour"),
-            F.max("event_timestamp").alias("last_event_time"),
-        )
-        .withColumn(
-            "iso_week",
-            F.format_string(
-                "%d-W%02d", F.year(F.date_add("week_start", 3)), F.weekofyear("week_start")
-            ),
-        )
-        .select(*BATTERY_COLUMNS)
+    last = F.max_by(
+        F.struct(
+            F.col("level").alias("level"),
+            F.col("status").alias("status"),
+            F.col("battery_status").alias("battery_status"),
+        ),
+        F.when(real, F.struct("event_timestamp", *_KAFKA_ORDER)),
     )
+    return steps.groupBy(*BATTERY_KEYS).agg(
+        F.max(F.when(real, F.col("vehicle_type"))).alias("vehicle_type"),
+        F.count(F.when(real, 1)).alias("readings"),
+        F.min(F.when(real, F.col("level"))).cast("double").alias("min_battery"),
+        F.coalesce(F.sum(F.when(real, F.col("level"))), F.lit(0)).cast(SUM).alias("_level_sum"),
+        micros_where("critical").alias("_critical_micros"),
+        micros_where("low").alias("_low_micros"),
+        F.count(F.when(real & F.col("_charge_start"), 1)).alias("charge_cycles"),
+        F.sum("_drop").cast(SUM).alias("_drop_sum"),
+        F.sum("_drain").cast("long").alias("_drain_micros"),
+        F.max(F.when(real, F.col("event_timestamp"))).alias("last_event_time"),
+        last.alias("_last"),
+    )
+
+
+def _battery_finish(partials: DataFrame) -> DataFrame:
+    """The public columns from the partials; the partials stay, as `_` columns."""
+
+    def minutes(column: str) -> Column:
+        return F.round(F.col(column) / F.lit(60_000_000.0), 4)
+
+    drained_hours = F.col("_drain_micros") / F.lit(3_600_000_000.0)
+    return partials.select(
+        *BATTERY_KEYS,
+        F.format_string(
+            "%d-W%02d", F.year(F.date_add("week_start", 3)), F.weekofyear("week_start")
+        ).alias("iso_week"),
+        "vehicle_type",
+        "readings",
+        "min_battery",
+        F.round(F.col("_level_sum") / F.col("readings"), 4).cast("double").alias("avg_battery"),
+        minutes("_critical_micros").alias("minutes_critical"),
+        minutes("_low_micros").alias("minutes_low"),
+        "charge_cycles",
+        F.when(
+            drained_hours > 0, F.round(F.col("_drop_sum").cast("double") / drained_hours, 4)
+        ).alias("drain_rate_pct_per_hour"),
+        "last_event_time",
+        "_level_sum",
+        "_critical_micros",
+        "_low_micros",
+        "_drop_sum",
+        "_drain_micros",
+        F.col("_last.level").alias("_last_level"),
+        F.col("_last.status").alias("_last_status"),
+        F.col("_last.battery_status").alias("_last_battery_status"),
+    )
+
+
+def _grow_battery(stored: DataFrame, fresh: DataFrame) -> DataFrame:
+    """Stored rows extended by readings all later than each row's last one.
+
+    The stored last reading goes in as the anchor of its key, so the first new reading's gap,
+    drain and charge start see it; the partials of the two sides then add up.
+    """
+    anchors = stored.select(
+        *BATTERY_KEYS,
+        "vehicle_type",
+        F.col("last_event_time").alias("event_timestamp"),
+        F.col("_last_level").alias("level"),
+        F.col("_last_status").alias("status"),
+        F.col("_last_battery_status").alias("battery_status"),
+        *[F.lit(None).cast("long").alias(c) for c in _KAFKA_ORDER],
+        F.lit(True).alias("_anchor"),
+    )
+    new = _battery_partials(_battery_readings(fresh).unionByName(anchors)).alias("n")
+    old = stored.alias("s")
+
+    def total(column: str, cast: str) -> Column:
+        """Both sides' sum; null only where both are (no drain on either side)."""
+        n, s = F.col(f"n.{column}"), F.col(f"s.{column}")
+        return (
+            F.when(n.isNull() & s.isNull(), F.lit(None))
+            .otherwise(F.coalesce(n, F.lit(0)) + F.coalesce(s, F.lit(0)))
+            .cast(cast)
+        )
+
+    combined = new.join(old, list(BATTERY_KEYS), "left").select(
+        *BATTERY_KEYS,
+        F.greatest("n.vehicle_type", "s.vehicle_type").alias("vehicle_type"),
+        total("readings", "long").alias("readings"),
+        F.least("n.min_battery", "s.min_battery").alias("min_battery"),
+        total("_level_sum", SUM).alias("_level_sum"),
+        total("_critical_micros", "long").alias("_critical_micros"),
+        total("_low_micros", "long").alias("_low_micros"),
+        total("charge_cycles", "long").alias("charge_cycles"),
+        total("_drop_sum", SUM).alias("_drop_sum"),
+        total("_drain_micros", "long").alias("_drain_micros"),
+        F.col("n.last_event_time").alias("last_event_time"),
+        F.col("n._last").alias("_last"),
+    )
+    return _battery_finish(combined)
 
 
 # customer_journey_events ----------------------------------------------------------------------
@@ -439,6 +565,7 @@ TABLES: dict[str, GoldTable] = {
             span=(0, 6),
             partition_by=("week_start",),
             prune="week_start",
+            extend=Extension(_BATTERY_SILVER, _grow_battery),
         ),
         GoldTable(
             "customer_journey_events",

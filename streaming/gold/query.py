@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from streaming.config import Config
 from streaming.errors import SetupError
-from streaming.gold.aggregates import TABLES, UPDATED_AT, GoldTable, recompute
+from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT, GoldTable, recompute
 from streaming.gold.writer import GoldWriter
 from streaming.spark import stream_writer
 from streaming.tables import ensure_table
@@ -56,7 +56,10 @@ def ensure_gold_table(spark: SparkSession, config: Config, table: GoldTable) -> 
         entity: spark.read.format("delta").load(p).limit(0)
         for entity, p in silver_paths(config, table).items()
     }
-    schema = recompute(table, empty).withColumn(UPDATED_AT, F.current_timestamp()).schema
+    rows = recompute(table, empty)
+    if table.extend is not None:
+        rows = rows.withColumn(SILVER_VERSION, F.lit(None).cast("long"))
+    schema = rows.withColumn(UPDATED_AT, F.current_timestamp()).schema
     ensure_table(spark, path, schema, table.partition_by)
     return path
 
@@ -65,15 +68,19 @@ def touched_keys(table: GoldTable, changes: dict[str, DataFrame]) -> DataFrame:
     """The Gold keys (and anchor dates) that Silver change rows touch, over every source.
 
     Every change type counts: an insert, both images of an update and a delete each touch the
-    key of the row they carry.
+    key of the row they carry. For a table with an extension, each change also carries its
+    type, its Silver version and the columns the extension reads.
     """
     frames = []
     for entity, key_columns in table.sources.items():
         columns = key_columns()
+        if table.extend is not None:
+            extra = ("_change_type", "_commit_version", *table.extend.columns)
+            columns |= {c: F.col(c) for c in extra if c not in columns}
         frames.append(
             changes[entity]
             .select(*[v.alias(k) for k, v in columns.items()])
-            .where(reduce(lambda a, b: a & b, [F.col(k).isNotNull() for k in columns]))
+            .where(reduce(lambda a, b: a & b, [F.col(k).isNotNull() for k in key_columns()]))
         )
     return reduce(lambda a, b: a.unionByName(b), frames)
 

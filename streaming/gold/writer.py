@@ -2,7 +2,9 @@
 
 A micro-batch carries the keys that Silver's change data feed touched (inserts, updates and
 deletes alike). The writer rebuilds exactly those keys from the Silver partitions they need,
-then MERGEs them: rebuilt rows replace or insert, keys with no rows left are deleted. Demand's
+then MERGEs them: rebuilt rows replace or insert, keys with no rows left are deleted. A table
+with an extension (battery health) first extends the stored rows of the keys whose changes are
+all new, later inserts, and rebuilds only the others. Demand's
 rolling averages also refresh the later rows whose 7- and 28-day windows include a touched date.
 The MERGE carries (txnAppId = query name, txnVersion = batch id), so a replay changes nothing.
 """
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from streaming.gold.aggregates import UPDATED_AT, GoldTable, refresh_rolling
+from streaming.gold.aggregates import SILVER_VERSION, UPDATED_AT, GoldTable, refresh_rolling
 from streaming.tables import idempotent
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _PRESENT = "_present"
+_GROWN = "_grown"
 
 
 class GoldWriter:
@@ -50,41 +53,109 @@ class GoldWriter:
         started = time.monotonic()
         spark = changes.sparkSession
         keys = list(self.table.keys)
+        parts = []
+        version = None
+        if self.table.extend is not None:
+            changes = changes.localCheckpoint()
+            version = changes.agg(F.max("_commit_version")).first()[0]  # type: ignore[index]
+            if version is None:
+                return
+            grown, changes = self._extend(spark, changes, version)
+            parts.append(_present(grown).withColumn(_GROWN, F.lit(True)))
         touched = changes.select(*keys, "_date").distinct().localCheckpoint()
         # One pass: the anchor dates and, for an hourly table, the first and last touched hour.
         hours = _hour_starts(self.table.hour) if self.table.hour else []
         scope = touched.agg(F.collect_set("_date"), *hours).first()
         assert scope is not None  # a global aggregate has one row, also over no rows
         anchors = scope[0]
-        if not anchors:
+        if anchors:
+            window = _within_hours(scope[1], scope[2]) if hours else None
+            touched_keys = touched.select(*keys).distinct()
+            dates = _dates(anchors, self.table.span)
+            rows = self._rebuild(spark, touched_keys, dates, window, version)
+            parts.append(_merge_plan(rows, touched_keys, keys).withColumn(_GROWN, F.lit(False)))
+        if not parts:
             return
-        window = _within_hours(scope[1], scope[2]) if hours else None
-        touched_keys = touched.select(*keys).distinct()
-        rows = self._rebuild(spark, touched_keys, _dates(anchors, self.table.span), window)
-        plan = _merge_plan(rows, touched_keys, keys).localCheckpoint()
+        plan = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
+        if version is not None:
+            plan = plan.withColumn(SILVER_VERSION, F.lit(version).cast("long"))
+        plan = plan.localCheckpoint()
         prune = F.collect_set(self.table.prune) if self.table.prune else F.lit(None)
         stats = plan.agg(
             F.count(F.when(F.col(_PRESENT), 1)).alias("upserted"),
             F.count(F.when(~F.col(_PRESENT), 1)).alias("deleted"),
+            F.count(F.when(F.col(_GROWN), 1)).alias("extended"),
             F.max("last_event_time").alias("newest"),
             prune.alias("prune"),
         ).first()
         assert stats is not None
+        if not stats["upserted"] and not stats["deleted"]:
+            return
         with idempotent(spark, self.query_name, batch_id):
             self._merge(spark, plan, stats["prune"])
         if self.observer is not None:
-            summary = {k: stats[k] for k in ("upserted", "deleted", "newest")}
+            summary = {k: stats[k] for k in ("upserted", "deleted", "extended", "newest")}
             self.observer(self.query_name, {**summary, "seconds": time.monotonic() - started})
 
+    def _extend(
+        self, spark: SparkSession, changes: DataFrame, version: int
+    ) -> tuple[DataFrame, DataFrame]:
+        """(the rows of the keys this batch extends, the changes of the keys to rebuild).
+
+        A key is extended when each of its changes is an insert of a Silver version after its
+        stored row's, with an event time after the stored row's newest: then none of them can
+        be in the stored row yet, and the stored last reading precedes them all.
+        """
+        assert self.table.extend is not None
+        keys = list(self.table.keys)
+        batch_keys = changes.select(*keys).distinct()
+        gold = spark.read.format("delta").load(self.path)
+        if self.table.prune:
+            touched = [r[0] for r in changes.select(self.table.prune).distinct().collect()]
+            gold = gold.where(F.col(self.table.prune).isin(touched))
+        stored = gold.join(batch_keys, keys, "left_semi").drop(UPDATED_AT).localCheckpoint()
+        built = stored.select(
+            *keys, F.col(SILVER_VERSION).alias("_built"), F.col("last_event_time").alias("_after")
+        )
+        later = (
+            (F.col("_change_type") == "insert")
+            & (F.col("_commit_version") > F.coalesce(F.col("_built"), F.lit(-1)))
+            & (F.col("_after").isNull() | (F.col("event_timestamp") > F.col("_after")))
+        )
+        verdict = (
+            changes.join(built, keys, "left")
+            .groupBy(*keys)
+            .agg(F.bool_and(F.coalesce(later, F.lit(False))).alias(_GROWN))
+        )
+        judged = changes.join(verdict, keys).localCheckpoint()
+        fresh = judged.where(F.col(_GROWN)).select(*keys, *self.table.extend.columns)
+        grown = self.table.extend.grow(
+            stored.join(fresh.select(*keys).distinct(), keys, "left_semi").drop(SILVER_VERSION),
+            fresh,
+        )
+        return grown, judged.where(~F.col(_GROWN)).drop(_GROWN)
+
     def _rebuild(
-        self, spark: SparkSession, touched: DataFrame, dates: list[date], window: Column | None
+        self,
+        spark: SparkSession,
+        touched: DataFrame,
+        dates: list[date],
+        window: Column | None,
+        version: int | None,
     ) -> DataFrame:
         """Rows of the touched keys, built from only the Silver partitions they need (and, for
-        an hourly table, only the files whose event times reach a touched hour)."""
+        an hourly table, only the files whose event times reach a touched hour).
+
+        An extended table reads Silver as of the batch's newest version: its rows then hold
+        exactly the Silver versions up to that one, which the next batch's extension relies on.
+        """
         keys = list(self.table.keys)
         scoped = {}
         for entity, key_columns in self.table.sources.items():
-            silver = spark.read.format("delta").load(self.silver_paths[entity])
+            reader = spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            silver = reader.load(self.silver_paths[entity])
             mapped = {k: v for k, v in key_columns().items() if k != "_date"}
             needed = F.col("date").isin(dates)
             if window is not None:
@@ -113,7 +184,7 @@ class GoldWriter:
         )
         if self.table.prune:  # partition pruning: only the target files of the touched dates
             condition = condition & F.col(f"t.{self.table.prune}").isin(prune or [])
-        columns = [c for c in plan.columns if c != _PRESENT]
+        columns = [c for c in plan.columns if c not in (_PRESENT, _GROWN)]
         values: dict[str, str | Column] = {c: F.col(f"s.{c}") for c in columns}
         (
             DeltaTable.forPath(spark, self.path)
@@ -147,6 +218,9 @@ def _dates(anchors: list[date], span: tuple[int, int]) -> list[date]:
 
 def _merge_plan(rows: DataFrame, touched: DataFrame, keys: list[str]) -> DataFrame:
     """Rebuilt rows (present) and touched keys that no longer have a row (absent: delete)."""
-    present = rows.withColumns({UPDATED_AT: F.current_timestamp(), _PRESENT: F.lit(True)})
     absent = touched.join(rows, keys, "left_anti").withColumn(_PRESENT, F.lit(False))
-    return present.unionByName(absent, allowMissingColumns=True)
+    return _present(rows).unionByName(absent, allowMissingColumns=True)
+
+
+def _present(rows: DataFrame) -> DataFrame:
+    return rows.withColumns({UPDATED_AT: F.current_timestamp(), _PRESENT: F.lit(True)})
