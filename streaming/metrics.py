@@ -77,7 +77,7 @@ class PipelineMetrics:
         )
         g = ["table"]
         self.gold_keys = Counter(
-            "lakehouse_gold_keys", "Gold keys rebuilt, by action (upserted, deleted)",
+            "lakehouse_gold_keys", "Gold keys written, by action (upserted, deleted, extended)",
             ["table", "action"], registry=r,
         )  # fmt: skip
         self.gold_merge_seconds = Histogram(
@@ -138,13 +138,15 @@ class PipelineMetrics:
         table = query.partition(".")[2]
         self.gold_keys.labels(table, "upserted").inc(summary["upserted"])
         self.gold_keys.labels(table, "deleted").inc(summary["deleted"])
+        self.gold_keys.labels(table, "extended").inc(summary["extended"])
         self.gold_merge_seconds.labels(table).observe(summary["seconds"])
         if summary["newest"] is not None:
             self._mark_newest(query, summary["newest"].timestamp())
         log.info(
-            "%s: %d rows upserted, %d deleted in %.1f s",
+            "%s: %d rows upserted (%d of them extended), %d deleted in %.1f s",
             query,
             summary["upserted"],
+            summary["extended"],
             summary["deleted"],
             summary["seconds"],
         )
