@@ -121,9 +121,14 @@ def mark_duplicates(valid: DataFrame, contract: Contract, existing: DataFrame | 
 
     Each dedup key is applied in turn to the rows no earlier key caught. Within the batch the
     earliest Kafka offset wins; a row whose key is already in `existing` (Silver) is a duplicate.
-    One frame rather than two keeps the work to one pass: callers materialise it once and split.
+    The windows and joins run over the row key and the dedup keys alone, and the marks are
+    broadcast back to the rows: the wide rows are never shuffled. `valid` is read twice (persist
+    it); callers materialise the result once and split it.
     """
-    marked = valid.withColumn(DUPLICATE_OF, F.lit(None).cast("string"))
+    key_columns = list(dict.fromkeys(c for key in contract.dedup_keys for c in key))
+    marked = valid.select(*ROW_KEY, *key_columns).withColumn(
+        DUPLICATE_OF, F.lit(None).cast("string")
+    )
     for key in contract.dedup_keys:
         name = F.lit(",".join(key))
         caught = F.col(DUPLICATE_OF).isNotNull()
@@ -144,9 +149,9 @@ def mark_duplicates(valid: DataFrame, contract: Contract, existing: DataFrame | 
                     ),
                 )
                 .drop("_seen")
-                .select(*valid.columns, DUPLICATE_OF)
             )
-    return marked
+    marks = F.broadcast(marked.select(*ROW_KEY, DUPLICATE_OF))
+    return valid.join(marks, ROW_KEY, "left").select(*valid.columns, DUPLICATE_OF)
 
 
 def split_duplicates(marked: DataFrame) -> tuple[DataFrame, DataFrame]:
