@@ -318,3 +318,28 @@ def test_validate_derives_battery_status_and_applies_the_contract(spark) -> None
     # No contract rule has action `fail`: rows that decoded carry an empty list.
     assert all(row._fatal == [] for row in rows)
     assert {(str(row.date), row.hour) for row in rows[:9]} == {("2026-01-15", 8)}
+
+
+def test_a_json_value_is_a_message_only_when_it_is_an_object(spark) -> None:  # type: ignore[no-untyped-def]
+    contract = load_contracts()["telemetry"]
+    good = _telemetry("AB000001", 50, datetime(2026, 1, 15, 8, 30, tzinfo=UTC))
+    payloads = [
+        good,
+        b" \t\r\n" + good,
+        b"[" + good + b"]",
+        b'"{ not an object }"',
+        b"42",
+        b"null",
+        b"{ not json",
+    ]
+    bronze = spark.createDataFrame(
+        [(0, i, b"k", value) for i, value in enumerate(payloads)],
+        "_kafka_partition INT, _kafka_offset BIGINT, key BINARY, value BINARY",
+    )
+    rows = validate(bronze, contract).select("_rejection.stage", "_rejection.rule_ids").collect()
+    assert [(row.stage, row.rule_ids) for row in rows] == [
+        (None, None),
+        (None, None),
+        *[("decode", ["decode.not_an_object"])] * 4,
+        ("decode", ["decode.not_json"]),
+    ]
