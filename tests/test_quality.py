@@ -271,6 +271,14 @@ def _telemetry(vehicle_id: str, battery: float, at: datetime, **extra: Any) -> b
     return json.dumps(record).encode()
 
 
+def _bronze(spark, payloads: list[bytes]):  # type: ignore[no-untyped-def]
+    """Bronze-shaped rows, one per payload, in order (row i at partition i, offset i)."""
+    return spark.createDataFrame(
+        [(i, i, b"k", value) for i, value in enumerate(payloads)],
+        "_kafka_partition INT, _kafka_offset BIGINT, key BINARY, value BINARY",
+    )
+
+
 def test_validate_derives_battery_status_and_applies_the_contract(spark) -> None:  # type: ignore[no-untyped-def]
     contract = load_contracts()["telemetry"]
     at = datetime(2026, 1, 15, 8, 30, tzinfo=UTC)
@@ -286,12 +294,8 @@ def test_validate_derives_battery_status_and_applies_the_contract(spark) -> None
         _telemetry("AB000009", 50, at, speed_kmh=500.0),
         _telemetry("AB000010", 50, datetime.now(UTC) + timedelta(days=1)),
     ]
-    bronze = spark.createDataFrame(
-        [(i, i, b"k", value) for i, value in enumerate(payloads)],
-        "_kafka_partition INT, _kafka_offset BIGINT, key BINARY, value BINARY",
-    )
     rows = (
-        validate(bronze, contract)
+        validate(_bronze(spark, payloads), contract)
         .select(
             "_kafka_offset",
             "battery_status",
@@ -332,11 +336,11 @@ def test_a_json_value_is_a_message_only_when_it_is_an_object(spark) -> None:  # 
         b"null",
         b"{ not json",
     ]
-    bronze = spark.createDataFrame(
-        [(0, i, b"k", value) for i, value in enumerate(payloads)],
-        "_kafka_partition INT, _kafka_offset BIGINT, key BINARY, value BINARY",
+    rows = (
+        validate(_bronze(spark, payloads), contract)
+        .select("_rejection.stage", "_rejection.rule_ids")
+        .collect()
     )
-    rows = validate(bronze, contract).select("_rejection.stage", "_rejection.rule_ids").collect()
     assert [(row.stage, row.rule_ids) for row in rows] == [
         (None, None),
         (None, None),
