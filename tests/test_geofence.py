@@ -33,7 +33,7 @@ def zones() -> list[Zone]:
 
 @pytest.fixture(scope="module")
 def zone_frame(spark, zones):  # type: ignore[no-untyped-def]
-    return geofence.zones_frame(spark, zones).cache()
+    return geofence.geofences(spark, zones).cache()
 
 
 def reference(zones: list[Zone], lon: np.ndarray, lat: np.ndarray) -> list[int | None]:
@@ -136,6 +136,29 @@ def test_edge_points_really_are_edge_cases(zones) -> None:  # type: ignore[no-un
     assert not any(p.interiors for g in geoms for p in getattr(g, "geoms", [g]))  # no holes
 
 
+def test_grid_settles_interior_points_and_leaves_borders_to_sedona(zones) -> None:  # type: ignore[no-untyped-def]
+    """The grid answers only where one zone alone covers the whole cell; every border and
+    overlap point is in a border cell (so the exact test decides it), and most points of real
+    demand are settled by the grid alone."""
+    grid = geofence.build_grid(zones)
+    owner = dict(zip(grid.cells.tolist(), grid.zone_ids.tolist(), strict=True))
+
+    def owners(lonlat: list[tuple[float, float]]) -> np.ndarray:
+        lon, lat = np.array(lonlat).T
+        return np.array([owner.get(c, -2) for c in grid.cell_of(lon, lat).tolist()])
+
+    edges = shared_border_points(zones, 300) + overlap_points(zones, 60)
+    assert (owners(edges) == -1).all()
+    index = load_zones()
+    rng = np.random.default_rng(7)
+    lat, lon = index.sample_points(rng, index.sample_zones(rng, 20_000))
+    settled = owners(list(zip(lon.tolist(), lat.tolist(), strict=True)))
+    assert 0.6 < (settled >= 0).mean() < 1.0
+    assert (settled[settled >= 0] == index.locate(lat, lon)[settled >= 0]).all()
+    outside = owners([(-74.10, 40.75), (-75.0, 40.7)])  # New Jersey (no zone near), off the grid
+    assert outside.tolist() == [-2, -2]
+
+
 def square(x0: float, y0: float, x1: float, y1: float) -> shapely.Geometry:
     return shapely.box(x0, y0, x1, y1)
 
@@ -171,7 +194,7 @@ def test_holes_islands_overlaps_and_borders(spark) -> None:  # type: ignore[no-u
     ]
     rows = [(k, _float(lat), _float(lon)) for k, ((lon, lat), _) in enumerate(cases)]
     points = spark.createDataFrame(rows, POINT_SCHEMA)
-    frame = geofence.zones_frame(spark, zones)
+    frame = geofence.geofences(spark, zones)
     got = sorted(geofence.assign_zones(points, frame, "lat", "lon", ["k"]).collect())
     assert [(r.k, r.zone_id, r.zone_name) for r in got] == [
         (k, z, f"z{z}" if z else None) for k, (_, z) in enumerate(cases)
@@ -194,8 +217,8 @@ def test_geofences_round_trip_through_delta(spark, zones, tmp_path: Path) -> Non
     path = str(tmp_path / "silver" / "geofences")
     geofence.write_geofences(spark, zones, path)
     table = geofence.read_geofences(spark, path)
-    assert table.columns == [*geofence.GEOFENCE_COLUMNS, "geometry"]
-    rows = table.selectExpr(
+    assert table.zones.columns == [*geofence.GEOFENCE_COLUMNS, "geometry"]
+    rows = table.zones.selectExpr(
         "zone_id",
         "zone_name",
         "borough",

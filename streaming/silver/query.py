@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from streaming import bronze
 from streaming.config import Config
 from streaming.contracts import Contract, load_contracts
-from streaming.geofence import Zone, read_geofences, read_zones, write_geofences
+from streaming.geofence import Geofences, Zone, read_geofences, read_zones, write_geofences
 from streaming.pii import pads_frame
 from streaming.schemas import load_schemas
 from streaming.silver import transform
@@ -50,17 +50,23 @@ def query_name(entity: str) -> str:
 def start_silver(
     spark: SparkSession, config: Config, inputs: SilverInputs, once: bool, observer: Any = None
 ) -> list[StreamingQuery]:
+    fences = _geofences(spark, config, inputs.zones)  # one grid and one cached copy for all
     return [
-        _start_one(spark, config, writer_for(spark, config, inputs, entity, observer), once)
+        _start_one(spark, config, writer_for(spark, config, inputs, entity, observer, fences), once)
         for entity in inputs.contracts
     ]
 
 
 def writer_for(
-    spark: SparkSession, config: Config, inputs: SilverInputs, entity: str, observer: Any = None
+    spark: SparkSession,
+    config: Config,
+    inputs: SilverInputs,
+    entity: str,
+    observer: Any = None,
+    fences: Geofences | None = None,
 ) -> SilverWriter:
     """The foreachBatch writer of one entity, with every table it writes created."""
-    zones = _geofences(spark, config, inputs.zones)
+    zones = fences or _geofences(spark, config, inputs.zones)
     pads = pads_frame(spark, config.require_pii_key()).cache()
     contract = inputs.contracts[entity]
     paths = SilverPaths.of(config, entity)
@@ -69,7 +75,7 @@ def writer_for(
     return SilverWriter(contract, paths, zones, pads, query_name(entity), observer)
 
 
-def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> DataFrame:
+def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> Geofences:
     from delta.tables import DeltaTable
 
     path = config.table_path(LAYER, "geofences")
@@ -93,7 +99,7 @@ def _start_one(
 
 
 def _ensure_outputs(
-    spark: SparkSession, contract: Contract, paths: SilverPaths, zones: DataFrame, pads: DataFrame
+    spark: SparkSession, contract: Contract, paths: SilverPaths, zones: Geofences, pads: DataFrame
 ) -> None:
     """Create every output table (empty) so MERGE targets and Gold's sources always exist."""
     empty = bronze.to_bronze(spark.createDataFrame([], bronze.KAFKA_SCHEMA))

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from streaming.contracts import Contract
 from streaming.decode import decode
-from streaming.geofence import assign_zones
+from streaming.geofence import Geofences, assign_zones
 from streaming.pii import mask_pii
 from streaming.quality import passes
 
@@ -103,7 +103,7 @@ def mark_late(rows: DataFrame, watermark: datetime | None) -> DataFrame:
     )
 
 
-def enrich(valid: DataFrame, contract: Contract, zones: DataFrame, pads: DataFrame) -> DataFrame:
+def enrich(valid: DataFrame, contract: Contract, zones: Geofences, pads: DataFrame) -> DataFrame:
     """Mask PII and add zones for every geofence the contract names."""
     enriched = mask_pii(valid, contract.pii, pads)
     for spec in contract.geofence:

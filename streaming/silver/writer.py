@@ -33,6 +33,8 @@ from streaming.tables import idempotent
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from streaming.geofence import Geofences
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +64,7 @@ class SilverWriter:
         self,
         contract: Contract,
         paths: SilverPaths,
-        zones: DataFrame,
+        zones: Geofences,
         pads: DataFrame,
         query_name: str,
         observer: Any = None,
