@@ -77,12 +77,23 @@ class SilverWriter:
         self.observer = observer
         self._watermark: datetime | None = None
         self._watermark_batch: int | None = None
-        self._cached: list[DataFrame] = []
+        self._held: list[DataFrame] = []
 
     def _keep(self, frame: DataFrame) -> DataFrame:
-        """Persist a frame for this batch only (unpersisted when the batch ends)."""
-        self._cached.append(frame.persist())
-        return frame
+        """`frame` computed once and held for this batch only, its lineage cut.
+
+        A local checkpoint rather than a cache: every later plan over it then starts from its
+        rows instead of carrying (and re-analysing, and matching against the cache) the whole
+        decode and validation plan. Released when the batch ends.
+        """
+        held = frame.localCheckpoint()
+        self._held.append(held)
+        return held
+
+    def _release(self) -> None:
+        while self._held:
+            # The checkpoint's blocks, freed now rather than whenever the JVM collects them.
+            self._held.pop()._jdf.logicalPlan().rdd().unpersist(False)
 
     def __call__(self, bronze_batch: DataFrame, batch_id: int) -> None:
         spark = bronze_batch.sparkSession
@@ -98,8 +109,7 @@ class SilverWriter:
             if self.observer is not None:
                 self.observer(self.query_name, counts)
         finally:
-            while self._cached:
-                self._cached.pop().unpersist()
+            self._release()
 
     def _write(
         self,
@@ -118,7 +128,7 @@ class SilverWriter:
         existing = self._silver(spark).where(bounds.condition()) if bounds else None
         # Materialised once, lineage cut: the writes below must neither recompute the decode,
         # geofence and dedup joins nor see Silver after its own commit.
-        marked = transform.mark_duplicates(valid, self.contract, existing).localCheckpoint()
+        marked = self._keep(transform.mark_duplicates(valid, self.contract, existing))
         fresh, duplicates = transform.split_duplicates(marked)
         counts = scan.counts(*_fresh_and_duplicate(marked))
         with self._idempotent(spark, batch_id):
