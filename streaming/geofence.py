@@ -258,13 +258,11 @@ def assign_zones(
     broadcasts the grid (an int per cell) and the border keys located (about 30 bytes a row), so
     the wide rows are never shuffled.
     """
-    zones = fences.zones
-    geometry = "geometry" if "geometry" in zones.columns else "ST_GeomFromWKT(geometry_wkt)"
     index_side = F.broadcast(
-        zones.select(
+        fences.zones.select(
             F.col("zone_id").cast("int").alias(_ZID),
             F.col("zone_name").alias(_ZNAME),
-            F.expr(geometry).alias(_GEOM),
+            F.col("geometry").alias(_GEOM),
         )
     )
     cells = F.broadcast(fences.cells)

@@ -66,7 +66,7 @@ def writer_for(
     fences: Geofences | None = None,
 ) -> SilverWriter:
     """The foreachBatch writer of one entity, with every table it writes created."""
-    zones = fences or _geofences(spark, config, inputs.zones)
+    zones = fences if fences is not None else _geofences(spark, config, inputs.zones)
     pads = pads_frame(spark, config.require_pii_key()).cache()
     contract = inputs.contracts[entity]
     paths = SilverPaths.of(config, entity)
