@@ -1,11 +1,11 @@
-"""Bronze: Kafka topic -> `bronze/<entity>` Delta table, one named query `bronze.<entity>` each.
+"""Bronze: Kafka records -> `bronze/<entity>` Delta tables, the first layer of each batch.
 
 Input: one Kafka topic (any bytes: JSON, Avro, or garbage). Output: an append-only Delta table
 with the raw key, value and headers and the Kafka coordinates (`_kafka_topic`, `_kafka_partition`,
 `_kafka_offset`, `_kafka_timestamp`), the ingestion time `_ingested_at`, partitioned by
 year/month/day/hour of the Kafka timestamp (UTC). Key: (topic, partition, offset), unique.
-Delivery: exactly-once. The Delta sink records each batch id in the table's log and skips a batch
-it already committed, and the checkpoint replays the same offset range after a crash.
+Delivery: exactly-once. The pipeline's checkpoint replays the same offset range after a crash,
+and its `CommitGuard` skips the append of a batch that a table already holds.
 Nothing is quarantined here: Bronze never rejects or rewrites a record; Silver judges them.
 """
 
@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from streaming.config import Config
-from streaming.spark import stream_writer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
 
 LAYER = "bronze"
 PARTITION_COLUMNS = ("year", "month", "day", "hour")
@@ -73,16 +71,12 @@ def to_bronze(kafka_records: DataFrame) -> DataFrame:
     )
 
 
-def query_name(entity: str) -> str:
-    return f"{LAYER}.{entity}"
-
-
-def read_topic(spark: SparkSession, config: Config, entity: str) -> DataFrame:
-    """The Kafka source for one topic, with the security options passed through."""
+def read_topics(spark: SparkSession, config: Config, entities: list[str]) -> DataFrame:
+    """One Kafka source over the entities' topics, with the security options passed through."""
     reader = (
         spark.readStream.format("kafka")
         .options(**config.kafka.spark_options())
-        .option("subscribe", config.topic(entity).name)
+        .option("subscribe", ",".join(config.topic(e).name for e in entities))
         .option("startingOffsets", config.stream.starting_offsets)
         .option("failOnDataLoss", str(config.stream.fail_on_data_loss).lower())
         .option("includeHeaders", "true")
@@ -92,14 +86,6 @@ def read_topic(spark: SparkSession, config: Config, entity: str) -> DataFrame:
     return reader.load()
 
 
-def start_bronze(spark: SparkSession, config: Config, entity: str, once: bool) -> StreamingQuery:
-    """Wire `to_bronze` into the named query `bronze.<entity>` and start it."""
-    name = query_name(entity)
-    ensure_bronze_table(spark, config, entity)
-    bronze = to_bronze(read_topic(spark, config, entity)).observe(
-        name,
-        F.max("_kafka_timestamp").alias("max_kafka_timestamp"),
-        F.count(F.lit(1)).alias("rows"),
-    )
-    writer = stream_writer(bronze, name, config, once).format("delta").outputMode("append")
-    return writer.partitionBy(*PARTITION_COLUMNS).start(config.table_path(LAYER, entity))
+def append(rows: DataFrame, path: str) -> None:
+    """One batch's Bronze rows of one topic, appended (one commit)."""
+    rows.write.format("delta").mode("append").partitionBy(*PARTITION_COLUMNS).save(path)

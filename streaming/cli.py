@@ -192,8 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--vehicles", type=_positive_int, default=50_000)
     produce.set_defaults(handler=_produce)
 
-    run = commands.add_parser("run", help="run streaming queries")
-    run.add_argument("layer", choices=["bronze", "silver", "gold", "all"])
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline: all (Kafka -> Bronze -> Silver -> Gold), bronze, or refine "
+        "(Bronze -> Silver -> Gold)",
+    )
+    pipelines = ["all", "bronze", "refine", "silver", "gold"]  # silver, gold: a clear error
+    run.add_argument("layer", metavar="pipeline", choices=pipelines)
     run.add_argument("--once", action="store_true", help="process what is available, then exit")
     run.set_defaults(handler=_run)
 

@@ -12,10 +12,13 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pyspark.sql.streaming import StreamingQueryListener
+
+if TYPE_CHECKING:
+    from streaming.pipeline import BatchReport
 
 log = logging.getLogger(__name__)
 
@@ -115,36 +118,46 @@ class PipelineMetrics:
         if newest is not None:
             self._mark_newest(name, newest.timestamp())
 
-    def record_silver(self, query: str, counts: dict[str, Any]) -> None:
-        """Called by the Silver writer after each batch with its accounting."""
-        entity = query.partition(".")[2]
+    def record_batch(self, report: BatchReport) -> None:
+        """Called by the pipeline after each batch with what every layer did."""
+        for entity, newest in report.newest_kafka.items():
+            if entity in report.bronze_written and newest is not None:
+                self._mark_newest(f"bronze.{entity}", newest.timestamp())
+        for entity, counts in report.silver.items():
+            self.record_silver(entity, counts)
+            if counts["valid"] and report.newest_kafka.get(entity) is not None:
+                self._mark_newest(f"silver.{entity}", report.newest_kafka[entity].timestamp())
+        for table, summary in report.gold.items():
+            self.record_gold(table, summary)
+
+    def record_silver(self, entity: str, counts: dict[str, Any]) -> None:
+        """One entity's books for one batch."""
         self.silver_rows.labels(entity, "valid").inc(counts["valid"])
         self.silver_rows.labels(entity, "duplicate").inc(counts["duplicate"])
         for stage, count in counts["stages"].items():
             self.silver_rows.labels(entity, stage).inc(count)
         for rule, count in counts["rules"].items():
             self.rule_failures.labels(entity, rule).inc(count)
-        log.info(
-            "%s: %d rows -> %d valid, %d duplicate, quarantined %s",
-            query,
+        log.debug(
+            "silver.%s: %d rows -> %d valid, %d duplicate, quarantined %s",
+            entity,
             counts["bronze"],
             counts["valid"],
             counts["duplicate"],
             counts["stages"] or "none",
         )
 
-    def record_gold(self, query: str, summary: dict[str, Any]) -> None:
-        """Called by a Gold writer after each MERGE; its freshness is by newest event time."""
-        table = query.partition(".")[2]
+    def record_gold(self, table: str, summary: dict[str, Any]) -> None:
+        """One Gold table's MERGE; its freshness is by newest event time."""
         self.gold_keys.labels(table, "upserted").inc(summary["upserted"])
         self.gold_keys.labels(table, "deleted").inc(summary["deleted"])
         self.gold_keys.labels(table, "extended").inc(summary["extended"])
         self.gold_merge_seconds.labels(table).observe(summary["seconds"])
         if summary["newest"] is not None:
-            self._mark_newest(query, summary["newest"].timestamp())
-        log.info(
-            "%s: %d rows upserted (%d of them extended), %d deleted in %.1f s",
-            query,
+            self._mark_newest(f"gold.{table}", summary["newest"].timestamp())
+        log.debug(
+            "gold.%s: %d rows upserted (%d of them extended), %d deleted in %.1f s",
+            table,
             summary["upserted"],
             summary["extended"],
             summary["deleted"],
@@ -204,7 +217,7 @@ class ProgressListener(StreamingQueryListener):
         self.metrics.record(progress)
         if progress.numInputRows > 0:
             lag = sum(lag for s in progress.sources for _, lag in kafka_positions(s).values())
-            log.info(
+            log.debug(
                 "%s batch %d: %d rows in %.1f s (%.0f rows/s), lag %d",
                 progress.name,
                 progress.batchId,

@@ -1,9 +1,9 @@
-"""Runs the layers' streaming queries in one Spark application.
+"""Runs one pipeline (`all`, `bronze` or `refine`: see `streaming.pipeline`) as one query.
 
 Checks everything a user can get wrong before the JVM starts (jars, writable paths, brokers,
-topics), then starts one named query per table, serves metrics, and waits: with `once` until
-every query has drained what was available, otherwise until a query fails or SIGTERM/SIGINT
-asks for a clean stop (the checkpoint makes any stop, clean or not, safe to restart from).
+topics, contracts), then starts the pipeline's query, serves metrics, and waits: with `once`
+until it has drained what was available, otherwise until it fails or SIGTERM/SIGINT asks for a
+clean stop (the checkpoint makes any stop, clean or not, safe to restart from).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streaming import bronze, jars
+from streaming import jars, pipeline
 from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError, QueryError
-from streaming.gold.query import start_gold
 from streaming.kafka.admin import require_topics
 from streaming.metrics import PipelineMetrics, ProgressListener
 from streaming.s3 import lease as s3_lease
 from streaming.s3 import storage as s3_storage
-from streaming.silver.query import SilverInputs, check_inputs, start_silver
+from streaming.silver.query import SilverInputs, check_inputs
 from streaming.spark import build_spark
 
 if TYPE_CHECKING:
@@ -32,48 +31,52 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
 log = logging.getLogger(__name__)
-LAYERS = ("bronze", "silver", "gold")
+# What `run silver` and `run gold` were: Silver and Gold now run in one pass, as `refine`.
+RENAMED = {"silver": "refine", "gold": "refine"}
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one `run` starts, with every input checked before Spark starts."""
 
+    pipeline: str
     layers: list[str]
     silver: SilverInputs | None
 
 
-def run(config: Config, layer: str, once: bool) -> None:
-    plan = preflight(config, list(LAYERS) if layer == "all" else [layer])
+def run(config: Config, name: str, once: bool) -> None:
+    if name in RENAMED:
+        raise ConfigError(
+            f"`run {name}` is now part of `run {RENAMED[name]}`",
+            hint="Silver and Gold run in one pass over each batch: `lakehouse run refine` "
+            "(or `run all` for Kafka -> Bronze -> Silver -> Gold)",
+        )
+    plan = preflight(config, name)
     with s3_lease.writer_leases(config, plan.layers):  # one writer per table on S3
-        _run(config, plan, layer, once)
+        _run(config, plan, once)
 
 
-def _run(config: Config, plan: Plan, layer: str, once: bool) -> None:
-    spark = build_spark(config, app_name=f"lakehouse-{layer}")
+def _run(config: Config, plan: Plan, once: bool) -> None:
+    spark = build_spark(config, app_name=f"lakehouse-{plan.pipeline}")
     metrics = PipelineMetrics()
     metrics.serve(config.metrics_port)
     listener = ProgressListener(metrics)
     spark.streams.addListener(listener)
-    queries: list[StreamingQuery] = []
+    query: StreamingQuery | None = None
     try:
-        for name in plan.layers:
-            # Queries inherit the starting thread's pool: one FAIR pool per layer.
-            spark.sparkContext.setLocalProperty("spark.scheduler.pool", name)
-            started = _start_layer(spark, config, plan, name, once, metrics)
-            queries.extend(started)
-            log.info("started %s", ", ".join(q.name or "" for q in started))
-            if once:  # --once drains layer by layer, so each sees all its input
-                _await_all(started)
-        if not once:
-            _await_stop(spark, queries)
+        observer = metrics.record_batch
+        query = pipeline.start(spark, config, plan.pipeline, plan.silver, once, observer)
+        log.info("started %s", query.name)
+        if once:
+            _await(query)
+        else:
+            _await_stop(spark, [query])
     finally:
-        for query in queries:
-            if query.isActive:
-                query.stop()
+        if query is not None and query.isActive:
+            query.stop()
         # Detach before the JVM goes: it must not call back into a Python that has exited.
         spark.streams.removeListener(listener)
-    for query in queries:
+    if query is not None:
         log.info("%s: %d rows in this run", query.name, _rows_processed(query))
     spark.stop()
 
@@ -82,24 +85,9 @@ def _rows_processed(query: StreamingQuery) -> int:
     return sum(progress["numInputRows"] for progress in query.recentProgress)
 
 
-def _start_layer(
-    spark: SparkSession,
-    config: Config,
-    plan: Plan,
-    layer: str,
-    once: bool,
-    metrics: PipelineMetrics,
-) -> list[StreamingQuery]:
-    if layer == "bronze":
-        return [bronze.start_bronze(spark, config, entity, once) for entity in ENTITIES]
-    if layer == "gold":
-        return start_gold(spark, config, once, metrics.record_gold)
-    assert plan.silver is not None
-    return start_silver(spark, config, plan.silver, once, metrics.record_silver)
-
-
-def preflight(config: Config, layers: list[str]) -> Plan:
+def preflight(config: Config, name: str) -> Plan:
     """Fail with one clear line before any stream starts."""
+    layers = list(pipeline.LAYERS[name])
     silver = check_inputs(config) if "silver" in layers else None
     spark_jars = jars.require(config.jars_dir, "spark")
     s3_storage.require_log_store_jars(config, [jar.name for jar in spark_jars])
@@ -113,7 +101,7 @@ def preflight(config: Config, layers: list[str]) -> Plan:
             s3_storage.check_location(config, setting, location)
     if "bronze" in layers:
         require_topics(config, list(ENTITIES))
-    return Plan(layers, silver)
+    return Plan(name, layers, silver)
 
 
 def require_writable(setting: str, folder: Path) -> None:
@@ -126,11 +114,6 @@ def require_writable(setting: str, folder: Path) -> None:
             f"{setting} {folder} is not writable ({exc.strerror})",
             hint=f"point {setting} at a folder this user can write",
         ) from None
-
-
-def _await_all(queries: list[StreamingQuery]) -> None:
-    for query in queries:
-        _await(query)
 
 
 def _await_stop(spark: SparkSession, queries: list[StreamingQuery]) -> None:

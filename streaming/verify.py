@@ -2,7 +2,7 @@
 
 Bronze: the producer ledger (every acknowledged topic/partition/offset) against the set of
 (topic, partition, offset) in the Bronze tables: 0 missing and 0 duplicated, exactly.
-Silver: every Bronze row exactly once in Silver, quarantine or the duplicates table.
+Silver: every Bronze row exactly once in Silver or quarantine (duplicates: stage `duplicate`).
 Gold: each table equals a batch recomputation from Silver, row for row, compared both ways.
 Run them when the queries have drained (`run --once`) or stopped: a running Gold lags Silver.
 """
@@ -148,20 +148,22 @@ class SilverCheck:
 
 
 def check_silver(spark: SparkSession, config: Config, entity: str) -> SilverCheck:
-    """bronze rows = silver + quarantined + duplicates, row for row (Kafka coordinates)."""
+    """bronze rows = silver + quarantined + duplicates, row for row (Kafka coordinates).
+
+    Duplicates are the quarantine rows of stage `duplicate`; `quarantined` counts the others.
+    """
     keys = ["_kafka_topic", "_kafka_partition", "_kafka_offset"]
 
     def load(layer: str, table: str) -> DataFrame:
         return spark.read.format("delta").load(config.table_path(layer, table))
 
     quarantine = load("quarantine", entity)
+    # Duplicates are quarantined with stage `duplicate`: counted apart from the rejected rows.
+    place = F.when(F.col("stage") == "duplicate", "duplicate").otherwise("quarantine")
     placed = (
         load("silver", entity)
         .select(*keys, F.lit("silver").alias("place"))
-        .unionByName(quarantine.select(*keys, F.lit("quarantine").alias("place")))
-        .unionByName(
-            load("silver", f"_duplicates/{entity}").select(*keys, F.lit("duplicate").alias("place"))
-        )
+        .unionByName(quarantine.select(*keys, place.alias("place")))
         .groupBy(*keys)
         .agg(F.count(F.lit(1)).alias("times"), F.first("place").alias("place"))
     )

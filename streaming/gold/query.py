@@ -1,4 +1,4 @@
-"""Wiring: Gold's named streaming queries `gold.<table>` over Silver's change data feed."""
+"""Gold in the one-pass pipeline: each batch's fresh Silver rows into every Gold table."""
 
 from __future__ import annotations
 
@@ -7,46 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from streaming.commits import CommitGuard
 from streaming.config import Config
-from streaming.errors import SetupError
 from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT, GoldTable, recompute
 from streaming.gold.writer import GoldWriter
-from streaming.spark import stream_writer
 from streaming.tables import ensure_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
 
 LAYER = "gold"
 
 
-def query_name(table: str) -> str:
-    return f"{LAYER}.{table}"
-
-
 def silver_paths(config: Config, table: GoldTable) -> dict[str, str]:
     return {entity: config.table_path("silver", entity) for entity in table.sources}
-
-
-def require_silver(spark: SparkSession, config: Config) -> None:
-    """Gold reads Silver's tables: each must exist (Silver creates them when it first starts)."""
-    from delta.tables import DeltaTable
-
-    for entity in sorted({e for t in TABLES.values() for e in t.sources}):
-        path = config.table_path("silver", entity)
-        if not DeltaTable.isDeltaTable(spark, path):
-            raise SetupError(
-                f"Silver table {path} does not exist yet",
-                hint="start Silver first (`lakehouse run silver`); it creates its tables at once",
-            )
-
-
-def start_gold(
-    spark: SparkSession, config: Config, once: bool, observer: Any = None
-) -> list[StreamingQuery]:
-    require_silver(spark, config)
-    return [_start_one(spark, config, table, once, observer) for table in TABLES.values()]
 
 
 def ensure_gold_table(spark: SparkSession, config: Config, table: GoldTable) -> str:
@@ -64,8 +38,8 @@ def ensure_gold_table(spark: SparkSession, config: Config, table: GoldTable) -> 
     return path
 
 
-def touched_keys(table: GoldTable, changes: dict[str, DataFrame]) -> DataFrame:
-    """The Gold keys (and anchor dates) that Silver change rows touch, over every source.
+def touched_keys(table: GoldTable, changes: dict[str, DataFrame]) -> DataFrame | None:
+    """The Gold keys (and anchor dates) that Silver change rows touch, over the sources given.
 
     Every change type counts: an insert, both images of an update and a delete each touch the
     key of the row they carry. For a table with an extension, each change also carries its
@@ -73,6 +47,8 @@ def touched_keys(table: GoldTable, changes: dict[str, DataFrame]) -> DataFrame:
     """
     frames = []
     for entity, key_columns in table.sources.items():
+        if entity not in changes:
+            continue
         columns = key_columns()
         if table.extend is not None:
             extra = ("_change_type", "_commit_version", *table.extend.columns)
@@ -82,24 +58,34 @@ def touched_keys(table: GoldTable, changes: dict[str, DataFrame]) -> DataFrame:
             .select(*[v.alias(k) for k, v in columns.items()])
             .where(reduce(lambda a, b: a & b, [F.col(k).isNotNull() for k in key_columns()]))
         )
-    return reduce(lambda a, b: a.unionByName(b), frames)
+    return reduce(lambda a, b: a.unionByName(b), frames) if frames else None
 
 
-def _change_streams(spark: SparkSession, config: Config, table: GoldTable) -> dict[str, DataFrame]:
-    return {
-        entity: spark.readStream.format("delta")
-        .option("readChangeFeed", "true")
-        .option("maxFilesPerTrigger", str(config.stream.max_files_per_trigger))
-        .load(config.table_path("silver", entity))
-        for entity in table.sources
-    }
+def as_inserts(fresh: DataFrame, version: int) -> DataFrame:
+    """A batch's fresh Silver rows as change rows: inserts at the Silver version holding them."""
+    return fresh.withColumns(
+        {"_change_type": F.lit("insert"), "_commit_version": F.lit(version).cast("long")}
+    )
 
 
-def _start_one(
-    spark: SparkSession, config: Config, table: GoldTable, once: bool, observer: Any
-) -> StreamingQuery:
-    name = query_name(table.name)
-    path = ensure_gold_table(spark, config, table)
-    writer = GoldWriter(table, path, silver_paths(config, table), name, observer)
-    keys = touched_keys(table, _change_streams(spark, config, table))
-    return stream_writer(keys, name, config, once).foreachBatch(writer).start()
+class GoldLayer:
+    """Every Gold table's writer, created with its table."""
+
+    def __init__(self, spark: SparkSession, config: Config, guard: CommitGuard) -> None:
+        self.writers = {
+            name: GoldWriter(
+                table, ensure_gold_table(spark, config, table), silver_paths(config, table), guard
+            )
+            for name, table in TABLES.items()
+        }
+
+    def tables_for(self, entities: set[str]) -> list[str]:
+        """The Gold tables that rows of `entities` touch."""
+        return [n for n, w in self.writers.items() if entities & set(w.table.sources)]
+
+    def apply(
+        self, name: str, changes: dict[str, DataFrame], batch_id: int
+    ) -> dict[str, Any] | None:
+        writer = self.writers[name]
+        keys = touched_keys(writer.table, changes)
+        return writer.apply(keys, batch_id) if keys is not None else None

@@ -1,12 +1,14 @@
-"""The Gold foreachBatch writer: one micro-batch of Silver changes into one Gold table.
+"""The Gold layer of one micro-batch: the Silver rows a batch added, into one Gold table.
 
-A micro-batch carries the keys that Silver's change data feed touched (inserts, updates and
-deletes alike). The writer rebuilds exactly those keys from the Silver partitions they need,
-then MERGEs them: rebuilt rows replace or insert, keys with no rows left are deleted. A table
-with an extension (battery health) first extends the stored rows of the keys whose changes are
-all new, later inserts, and rebuilds only the others. Demand's
-rolling averages also refresh the later rows whose 7- and 28-day windows include a touched date.
-The MERGE carries (txnAppId = query name, txnVersion = batch id), so a replay changes nothing.
+The batch's fresh Silver rows (of every Silver source of the table) arrive as changes of type
+`insert`, stamped with the Silver version that holds them. The writer rebuilds exactly the keys
+they touch from the Silver partitions those keys need, then MERGEs them: rebuilt rows replace or
+insert, keys with no rows left are deleted. A table with an extension (battery health) first
+extends the stored rows of the keys whose changes are all new, later inserts, and rebuilds only
+the others. Demand's rolling averages also refresh the later rows whose 7- and 28-day windows
+include a touched date. The MERGE goes through the pipeline's `CommitGuard`: a replayed batch
+whose MERGE committed is skipped, and one whose MERGE did not is computed again from the same
+Silver.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+from streaming.commits import CommitGuard
 from streaming.gold.aggregates import SILVER_VERSION, UPDATED_AT, GoldTable, refresh_rolling
-from streaming.tables import idempotent
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,23 +35,24 @@ _GROWN = "_grown"
 
 
 class GoldWriter:
-    """foreachBatch callable for one Gold table; paths are injected, nothing global."""
+    """Gold for one table; paths and the guard are injected, nothing global."""
 
     def __init__(
         self,
         table: GoldTable,
         path: str,
         silver_paths: Mapping[str, str],
-        query_name: str,
-        observer: Any = None,
+        guard: CommitGuard,
     ) -> None:
         self.table = table
         self.path = path
         self.silver_paths = dict(silver_paths)
-        self.query_name = query_name
-        self.observer = observer
+        self.guard = guard
 
-    def __call__(self, changes: DataFrame, batch_id: int) -> None:
+    def apply(self, changes: DataFrame, batch_id: int) -> dict[str, Any] | None:
+        """MERGE the keys `changes` touch; their summary, or None when nothing changed."""
+        if self.guard.committed(self.path, batch_id) is not None:
+            return None
         started = time.monotonic()
         spark = changes.sparkSession
         keys = list(self.table.keys)
@@ -59,7 +62,7 @@ class GoldWriter:
             changes = changes.localCheckpoint()
             version = changes.agg(F.max("_commit_version")).first()[0]  # type: ignore[index]
             if version is None:
-                return
+                return None
             grown, changes = self._extend(spark, changes, version)
             parts.append(_present(grown).withColumn(_GROWN, F.lit(True)))
         touched = changes.select(*keys, "_date").distinct().localCheckpoint()
@@ -75,7 +78,7 @@ class GoldWriter:
             rows = self._rebuild(spark, touched_keys, dates, window, version)
             parts.append(_merge_plan(rows, touched_keys, keys).withColumn(_GROWN, F.lit(False)))
         if not parts:
-            return
+            return None
         plan = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
         if version is not None:
             plan = plan.withColumn(SILVER_VERSION, F.lit(version).cast("long"))
@@ -90,12 +93,10 @@ class GoldWriter:
         ).first()
         assert stats is not None
         if not stats["upserted"] and not stats["deleted"]:
-            return
-        with idempotent(spark, self.query_name, batch_id):
-            self._merge(spark, plan, stats["prune"])
-        if self.observer is not None:
-            summary = {k: stats[k] for k in ("upserted", "deleted", "extended", "newest")}
-            self.observer(self.query_name, {**summary, "seconds": time.monotonic() - started})
+            return None
+        self.guard.write(self.path, batch_id, lambda: self._merge(spark, plan, stats["prune"]))
+        summary = {k: stats[k] for k in ("upserted", "deleted", "extended", "newest")}
+        return {**summary, "seconds": time.monotonic() - started}
 
     def _extend(
         self, spark: SparkSession, changes: DataFrame, version: int

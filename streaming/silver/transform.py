@@ -155,10 +155,25 @@ def mark_duplicates(valid: DataFrame, contract: Contract, existing: DataFrame | 
 
 
 def split_duplicates(marked: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(fresh rows, duplicates) of a `mark_duplicates` frame; duplicates keep their coordinates."""
+    """(fresh rows, duplicates) of a `mark_duplicates` frame.
+
+    Duplicates keep every column and carry a `_rejection` of stage `duplicate`, naming the
+    dedup key that caught them (`duplicate.<key columns>`): they go to quarantine, so Silver's
+    books close over two tables.
+    """
     fresh = marked.where(F.col(DUPLICATE_OF).isNull()).drop(DUPLICATE_OF)
-    duplicates = marked.where(F.col(DUPLICATE_OF).isNotNull()).select(
-        *COORDINATES, F.col(DUPLICATE_OF).alias("dedup_key")
+    key = F.col(DUPLICATE_OF)
+    duplicates = (
+        marked.where(key.isNotNull())
+        .withColumn(
+            "_rejection",
+            F.struct(
+                F.lit("duplicate").alias("stage"),
+                F.array(F.concat(F.lit("duplicate."), key)).alias("rule_ids"),
+                F.concat(F.lit("an earlier row has the same "), key).alias("reason"),
+            ),
+        )
+        .drop(DUPLICATE_OF)
     )
     return fresh, duplicates
 

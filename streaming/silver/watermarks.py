@@ -1,37 +1,49 @@
-"""Silver's watermark per batch, kept as one small file per batch id in the lake.
+"""Silver's watermarks per batch, one small JSON file per batch in the pipeline's checkpoint.
 
-A file, not a Delta table: a Delta commit per batch cost about a second here, for a value that
-only a restart reads. The watermark is monotone in the batch id, so the newest file before a
-batch holds the watermark to resume from; a replay writes the same value again (it is computed
-from the files before it and the batch), and only the newest few are kept.
+A file beside the query's own offsets and commits, not a Delta commit: the watermark travels
+with the checkpoint, and only a restart reads it. It is monotone in the batch id, so the newest
+file before a batch holds the watermarks to resume from; a replay writes the same values again
+(computed from the file before it and the batch), and only the newest few are kept.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-_SUFFIX = ".watermark"
+_SUFFIX = ".json"
 _KEPT = 10
 
 
-def record(spark: SparkSession, folder: str, batch_id: int, watermark: datetime) -> None:
-    files = _Files(spark, folder)
-    name = f"{batch_id}{_SUFFIX}"
-    if not files.exists(name):
-        files.write_atomically(name, watermark.isoformat())
-    files.delete(f"{batch_id - _KEPT}{_SUFFIX}")
+class WatermarkStore:
+    """{entity: watermark} after each batch, in `<checkpoint>/watermarks/<batch>.json`."""
 
+    def __init__(self, spark: SparkSession, folder: str) -> None:
+        self._files = _Files(spark, folder)
+        self._last: tuple[int, dict[str, datetime]] | None = None
 
-def stored(spark: SparkSession, folder: str, batch_id: int) -> datetime | None:
-    """The watermark recorded by the newest batch before `batch_id`, None before any."""
-    files = _Files(spark, folder)
-    batches = [int(n[: -len(_SUFFIX)]) for n in files.names() if n.endswith(_SUFFIX)]
-    before = [b for b in batches if b < batch_id]
-    return datetime.fromisoformat(files.read(f"{max(before)}{_SUFFIX}")) if before else None
+    def before(self, batch_id: int) -> dict[str, datetime]:
+        """The watermarks recorded by the newest batch before `batch_id` ({} before any)."""
+        if self._last is not None and self._last[0] == batch_id - 1:
+            return dict(self._last[1])
+        batches = [int(n[: -len(_SUFFIX)]) for n in self._files.names() if n.endswith(_SUFFIX)]
+        earlier = [b for b in batches if b < batch_id]
+        if not earlier:
+            return {}
+        stored = json.loads(self._files.read(f"{max(earlier)}{_SUFFIX}"))
+        return {entity: datetime.fromisoformat(value) for entity, value in stored.items()}
+
+    def record(self, batch_id: int, watermarks: dict[str, datetime]) -> None:
+        name = f"{batch_id}{_SUFFIX}"
+        if not self._files.exists(name):
+            text = json.dumps({e: w.isoformat() for e, w in sorted(watermarks.items())})
+            self._files.write_atomically(name, text)
+        self._files.delete(f"{batch_id - _KEPT}{_SUFFIX}")
+        self._last = (batch_id, dict(watermarks))
 
 
 class _Files:

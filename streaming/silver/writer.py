@@ -1,38 +1,41 @@
-"""The Silver foreachBatch writer: one micro-batch of Bronze rows into every Silver output.
+"""The Silver layer of one micro-batch: Bronze rows of one entity into every Silver output.
 
-Write order matters for exactly-once: the duplicates table, quarantine and vehicle_state are
-written before Silver, and all of them carry (txnAppId, txnVersion = batch id). Duplicate
-detection reads Silver, so on a replay after a partial commit it sees the same Silver as the
-first attempt until the Silver write itself has committed, and after that every write of the
-batch is skipped. (A replay would then find every row of the batch in Silver already, with no
-fresh row left to bring vehicle_state up to date: hence vehicle_state before Silver. Only a
-newer event replaces a vehicle's row there, so doing it again changes nothing.)
+Outputs: `silver/<entity>` (an append of the rows no dedup key has seen), `quarantine/<entity>`
+(every rejected row, duplicates included with stage `duplicate`) and, for telemetry,
+`silver/vehicle_state` (rewritten: the stored state and the batch, newest per vehicle).
 
-Silver receives an append, not an insert-only MERGE: the batch has already been anti-joined
-with the Silver rows its keys can meet (to record each duplicate), and that anti-join is what
-such a MERGE would compute a second time. Each Silver table has one writer, this query, so the
-Silver it read is the Silver it appends to.
+Replay: each write goes through the pipeline's `CommitGuard`, so a table that already holds the
+batch is not written again, and every output of a replay is derived from the batch input and
+the tables as they were before the batch: duplicates are looked up in Silver as of the version
+before the batch's own commit, and the watermark is the one recorded before the batch. So a
+replay after a partial commit writes, to the tables it has not reached yet, exactly what the
+first attempt would have written.
+
+Silver receives an append, not an insert-only MERGE: the batch has already been joined with the
+Silver rows its keys can meet (to record each duplicate), which is what such a MERGE would
+compute a second time. Each Silver table has one writer, the pipeline, so the Silver it read is
+the Silver it appends to.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from streaming.commits import CommitGuard
 from streaming.config import Config
 from streaming.contracts import Contract
 from streaming.errors import QueryError
-from streaming.silver import transform, watermarks
-from streaming.tables import idempotent
+from streaming.silver import transform
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from streaming.frames import HeldFrames
     from streaming.geofence import Geofences
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,6 @@ log = logging.getLogger(__name__)
 class SilverPaths:
     silver: str
     quarantine: str
-    duplicates: str
-    watermarks: str
     vehicle_state: str
 
     @classmethod
@@ -51,14 +52,22 @@ class SilverPaths:
         return cls(
             silver=config.table_path("silver", entity),
             quarantine=config.table_path("quarantine", entity),
-            duplicates=config.table_path("silver", f"_duplicates/{entity}"),
-            watermarks=config.table_path("silver", f"_watermarks/{entity}"),
             vehicle_state=config.table_path("silver", "vehicle_state"),
         )
 
 
+@dataclass(frozen=True)
+class SilverResult:
+    """What one batch did to one entity: its books, its new watermark and its fresh rows."""
+
+    entity: str
+    counts: dict[str, Any]
+    watermark: datetime | None
+    fresh: DataFrame | None  # the rows appended to Silver (held until the batch ends)
+
+
 class SilverWriter:
-    """foreachBatch callable for one entity; dependencies are injected, nothing global."""
+    """Silver for one entity; dependencies are injected, nothing global."""
 
     def __init__(
         self,
@@ -66,144 +75,116 @@ class SilverWriter:
         paths: SilverPaths,
         zones: Geofences,
         pads: DataFrame,
-        query_name: str,
-        observer: Any = None,
+        guard: CommitGuard,
     ) -> None:
         self.contract = contract
         self.paths = paths
         self.zones = zones
         self.pads = pads
-        self.query_name = query_name
-        self.observer = observer
-        self._watermark: datetime | None = None
-        self._watermark_batch: int | None = None
-        self._held: list[DataFrame] = []
+        self.guard = guard
 
-    def _keep(self, frame: DataFrame) -> DataFrame:
-        """`frame` computed once and held for this batch only, its lineage cut.
+    @property
+    def entity(self) -> str:
+        return self.contract.entity
 
-        A local checkpoint rather than a cache: every later plan over it then starts from its
-        rows instead of carrying (and re-analysing, and matching against the cache) the whole
-        decode and validation plan. Released when the batch ends.
-        """
-        held = frame.localCheckpoint()
-        self._held.append(held)
-        return held
-
-    def _release(self) -> None:
-        while self._held:
-            # The checkpoint's blocks, freed now rather than whenever the JVM collects them.
-            self._held.pop()._jdf.logicalPlan().rdd().unpersist(False)
-
-    def __call__(self, bronze_batch: DataFrame, batch_id: int) -> None:
-        spark = bronze_batch.sparkSession
-        rows = self._keep(transform.validate(bronze_batch, self.contract))
-        try:
-            scan = _scan(rows, self.contract)
-            if scan.fatal:
-                self._fail_on_fatal(rows, batch_id)
-            watermark = self._advance_watermark(spark, scan.newest, batch_id)
-            rows = transform.mark_late(rows, watermark)
-            counts = self._write(spark, rows, scan, watermark, batch_id)
-            self._record_watermark(spark, watermark, batch_id)
-            if self.observer is not None:
-                self.observer(self.query_name, counts)
-        finally:
-            self._release()
-
-    def _write(
+    def process(
         self,
-        spark: SparkSession,
-        rows: DataFrame,
-        scan: Scan,
-        watermark: datetime | None,
+        bronze_rows: DataFrame,
         batch_id: int,
-    ) -> dict[str, Any]:
-        bounds = scan.bounds(watermark)
-        valid = self._keep(
+        watermark: datetime | None,
+        held: HeldFrames,
+    ) -> SilverResult:
+        """Judge, deduplicate and write one batch; `watermark` is the one before the batch."""
+        spark = bronze_rows.sparkSession
+        rows = held.keep(transform.validate(bronze_rows, self.contract))
+        scan = _scan(rows, self.contract, watermark)
+        if scan.fatal:
+            self._fail_on_fatal(rows, batch_id)
+        watermark = scan.advance(watermark, self.contract.watermark_seconds)
+        rows = transform.mark_late(rows, watermark)
+        valid = held.keep(
             transform.enrich(
                 rows.where(F.col("_rejection").isNull()), self.contract, self.zones, self.pads
             )
         )
-        existing = self._silver(spark).where(bounds.condition()) if bounds else None
+        bounds = scan.bounds(watermark)
+        existing = None
+        if bounds is not None:
+            existing = self._silver_before(spark, batch_id).where(bounds.condition())
         # Materialised once, lineage cut: the writes below must neither recompute the decode,
         # geofence and dedup joins nor see Silver after its own commit.
-        marked = self._keep(transform.mark_duplicates(valid, self.contract, existing))
+        marked = held.keep(transform.mark_duplicates(valid, self.contract, existing))
         fresh, duplicates = transform.split_duplicates(marked)
         counts = scan.counts(*_fresh_and_duplicate(marked))
-        with self._idempotent(spark, batch_id):
+        if counts["stages"] or counts["duplicate"]:
+            rejected = rows.where(F.col("_rejection").isNotNull())
+            quarantined = transform.quarantine_rows(rejected, batch_id)
             if counts["duplicate"]:
-                _append(
-                    duplicates.withColumn("_batch_id", F.lit(batch_id).cast("long")),
-                    self.paths.duplicates,
+                quarantined = quarantined.unionByName(
+                    transform.quarantine_rows(duplicates, batch_id)
                 )
-            if counts["stages"]:
-                rejected = rows.where(F.col("_rejection").isNotNull())
-                _append(transform.quarantine_rows(rejected, batch_id), self.paths.quarantine)
-            if counts["valid"]:
-                if self.contract.entity == "telemetry":  # before Silver: see the module doc
-                    self._update_vehicle_state(spark, fresh)
-                # A new optional field in the contract becomes a new Silver column.
-                _append(transform.silver_rows(fresh, batch_id), self.paths.silver, evolve=True)
-        return counts
+            self.guard.write(
+                self.paths.quarantine, batch_id, lambda: _append(quarantined, self.paths.quarantine)
+            )
+        if not counts["valid"]:
+            return SilverResult(self.entity, counts, watermark, None)
+        if self.entity == "telemetry":
+            self.guard.write(
+                self.paths.vehicle_state, batch_id, lambda: self._update_vehicle_state(spark, fresh)
+            )
+        silver_rows = transform.silver_rows(fresh, batch_id)
+        # A new optional field in the contract becomes a new Silver column.
+        self.guard.write(
+            self.paths.silver, batch_id, lambda: _append(silver_rows, self.paths.silver, True)
+        )
+        return SilverResult(self.entity, counts, watermark, silver_rows)
+
+    def _silver_before(self, spark: SparkSession, batch_id: int) -> DataFrame:
+        """Silver as it was before this batch: on a replay after the batch's own Silver commit,
+        the version before that commit, so the batch never meets its own rows."""
+        reader = spark.read.format("delta")
+        own = self.guard.committed(self.paths.silver, batch_id)
+        if own is not None and own.batch_id == batch_id and own.version > 0:
+            reader = reader.option("versionAsOf", own.version - 1)
+        return reader.load(self.paths.silver)
 
     def _fail_on_fatal(self, rows: DataFrame, batch_id: int) -> None:
         fatal = rows.where(F.size("_fatal") > 0).select(F.explode("_fatal")).distinct().collect()
         raise QueryError(
             f"expectation(s) with action 'fail' not met: {sorted(r[0] for r in fatal)}",
-            query=self.query_name,
+            query=f"silver.{self.entity}",
             batch_id=batch_id,
             hint=f"fix the data or the contract {self.contract.source}; the batch will replay",
         )
-
-    def _advance_watermark(
-        self, spark: SparkSession, newest: datetime | None, batch_id: int
-    ) -> datetime | None:
-        """max(previous watermark, newest good event time - delay), stable under replay."""
-        if self._watermark_batch is None or self._watermark_batch != batch_id - 1:
-            self._watermark = watermarks.stored(spark, self.paths.watermarks, batch_id)
-        if newest is None:
-            return self._watermark
-        candidate = newest - timedelta(seconds=self.contract.watermark_seconds)
-        return max(candidate, self._watermark) if self._watermark else candidate
-
-    def _record_watermark(
-        self, spark: SparkSession, watermark: datetime | None, batch_id: int
-    ) -> None:
-        if watermark is not None:
-            watermarks.record(spark, self.paths.watermarks, batch_id, watermark)
-        self._watermark, self._watermark_batch = watermark, batch_id
-
-    def _silver(self, spark: SparkSession) -> DataFrame:
-        from delta.tables import DeltaTable
-
-        return DeltaTable.forPath(spark, self.paths.silver).toDF()
 
     def _update_vehicle_state(self, spark: SparkSession, fresh: DataFrame) -> None:
         """The stored state and the batch's telemetry, newest per vehicle, as the new table.
 
         A rewrite rather than a MERGE: with the whole fleet, each batch touches nearly every
-        vehicle, so a MERGE rewrote every file as well, after a join to find them. This query is
-        the table's one writer, so the state it reads is the state it replaces.
+        vehicle, so a MERGE rewrote every file as well, after a join to find them. The pipeline
+        is the table's one writer, so the state it reads is the state it replaces; a replay
+        gives the same table (only a newer event replaces a vehicle's row).
         """
         state = spark.read.format("delta").load(self.paths.vehicle_state)
         latest = transform.latest_per_vehicle(state.unionByName(transform.state_rows(fresh)))
         latest.write.format("delta").mode("overwrite").save(self.paths.vehicle_state)
 
-    def _idempotent(self, spark: SparkSession, batch_id: int) -> AbstractContextManager[None]:
-        return idempotent(spark, self.query_name, batch_id)
-
 
 @dataclass(frozen=True)
 class Bounds:
-    """Silver's date partitions and the event-time floor that a batch's good rows can match."""
+    """Silver's date partitions and the event-time range that a batch's fresh rows can match
+    (a duplicate carries its original's event time)."""
 
     dates: tuple[date, ...]
     since: datetime
+    until: datetime
 
     def condition(self) -> Any:
-        return F.col("date").isin(list(self.dates)) & (
-            F.col("event_timestamp") >= F.lit(self.since)
+        event_time = F.col("event_timestamp")
+        return (
+            F.col("date").isin(list(self.dates))
+            & (event_time >= F.lit(self.since))
+            & (event_time <= F.lit(self.until))
         )
 
 
@@ -212,21 +193,27 @@ class Scan:
     """What one pass over a validated batch tells before anything is written."""
 
     newest: datetime | None  # the newest good event time
-    oldest: datetime | None  # the oldest good event time
+    oldest: datetime | None  # the oldest good event time not behind the previous watermark
     dates: tuple[date, ...]  # the event dates of good rows
     fatal: int  # rows that failed a `fail` expectation
     rows: int  # every row of the batch
     stages: dict[str, int]  # rejected rows per stage (decode, schema, rule), before `late`
     rules: dict[str, int]  # failures per expectation id (quarantined or warned)
 
+    def advance(self, watermark: datetime | None, delay_seconds: float) -> datetime | None:
+        """max(previous watermark, newest good event time - delay)."""
+        if self.newest is None:
+            return watermark
+        candidate = self.newest - timedelta(seconds=delay_seconds)
+        return max(candidate, watermark) if watermark else candidate
+
     def bounds(self, watermark: datetime | None) -> Bounds | None:
         """Where the good rows can sit in Silver once late ones (older than watermark) are out."""
-        if self.oldest is None:
+        if self.oldest is None or self.newest is None:
             return None
-        if watermark is None or self.oldest >= watermark:
-            return Bounds(self.dates, self.oldest)
-        dates = tuple(d for d in self.dates if d >= watermark.date())
-        return Bounds(dates, watermark) if dates else None
+        since = max(self.oldest, watermark) if watermark else self.oldest
+        dates = tuple(d for d in self.dates if d >= since.date())
+        return Bounds(dates, since, self.newest) if dates else None
 
     def counts(self, valid: int, duplicate: int) -> dict[str, Any]:
         """The batch's books: every good row that is neither fresh nor a duplicate was late."""
@@ -244,10 +231,11 @@ class Scan:
 _STAGES = ("decode", "schema", "rule")
 
 
-def _scan(rows: DataFrame, contract: Contract) -> Scan:
+def _scan(rows: DataFrame, contract: Contract, watermark: datetime | None) -> Scan:
     """Event-time bounds, `fail` hits and the tallies per stage and rule: one job."""
     rejection = F.col("_rejection")
     good = rejection.isNull()
+    current = good if watermark is None else good & (F.col("event_timestamp") >= F.lit(watermark))
     failed = F.when(rejection.stage == "rule", rejection.rule_ids)
     tallied = {
         e.id: F.col("_warnings") if e.action == "warn" else failed
@@ -256,7 +244,7 @@ def _scan(rows: DataFrame, contract: Contract) -> Scan:
     }
     row = rows.agg(
         F.max(F.when(good, F.col("event_timestamp"))),
-        F.min(F.when(good, F.col("event_timestamp"))),
+        F.min(F.when(current, F.col("event_timestamp"))),
         F.collect_set(F.when(good, F.col("date"))),
         F.coalesce(F.sum(F.size("_fatal")), F.lit(0)),
         F.count(F.lit(1)),

@@ -1,0 +1,274 @@
+"""The one-pass pipeline: one streaming query whose `foreachBatch` applies the layers in order.
+
+- `all`: Kafka (every topic) -> Bronze -> Silver -> Gold.
+- `bronze`: Kafka -> Bronze (the capture half of the split deployment).
+- `refine`: the Bronze tables (a Delta stream) -> Silver -> Gold (the other half).
+
+Each batch is read once and held (a local checkpoint). Bronze appends its rows per topic;
+Silver judges the same rows per entity (never re-reading Bronze); Gold is updated from the Silver
+rows the batch added (never from a change feed read by a second query). Entities, and then Gold
+tables, are processed side by side in threads: while one waits on a Delta commit, another's
+tasks use the cores.
+
+Exactly-once: every commit carries the pipeline's name and batch id (`commits.BatchScope`); a
+replayed batch skips the tables that already hold it and recomputes the others from the same
+input and the state before the batch. Watermarks after each batch are kept in the checkpoint.
+One checkpoint per pipeline: `<checkpoints>/pipeline/<name>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pyspark.sql import functions as F
+
+from streaming import bronze
+from streaming.commits import BatchScope, CommitGuard
+from streaming.config import ENTITIES, Config
+from streaming.frames import HeldFrames
+from streaming.gold.query import GoldLayer, as_inserts
+from streaming.silver.query import SilverInputs, silver_writers
+from streaming.silver.watermarks import WatermarkStore
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+    from streaming.silver.writer import SilverResult, SilverWriter
+
+log = logging.getLogger(__name__)
+LAYERS: dict[str, tuple[str, ...]] = {
+    "all": ("bronze", "silver", "gold"),
+    "bronze": ("bronze",),
+    "refine": ("silver", "gold"),
+}
+# Bronze bytes per `refine` batch when it catches up on a backlog (about 900,000 telemetry rows).
+MAX_BYTES_PER_TRIGGER = "64m"
+_T = TypeVar("_T")
+
+
+def query_name(pipeline: str) -> str:
+    return f"pipeline.{pipeline}"
+
+
+@dataclass
+class BatchReport:
+    """What one batch did, layer by layer: what the log line and the metrics read."""
+
+    batch_id: int
+    rows_in: dict[str, int] = field(default_factory=dict)  # per entity
+    newest_kafka: dict[str, datetime] = field(default_factory=dict)  # per entity
+    bronze_written: list[str] = field(default_factory=list)
+    silver: dict[str, dict[str, Any]] = field(default_factory=dict)  # per entity: its books
+    gold: dict[str, dict[str, Any]] = field(default_factory=dict)  # per table: its summary
+    seconds: dict[str, float] = field(default_factory=dict)  # per layer
+
+    def line(self, pipeline: str) -> str:
+        total = sum(self.rows_in.values())
+        parts = [f"{pipeline} batch {self.batch_id}: {total} rows"]
+        if self.bronze_written:
+            parts.append(f"bronze {len(self.bronze_written)} tables")
+        if self.silver:
+            valid = sum(c["valid"] for c in self.silver.values())
+            duplicate = sum(c["duplicate"] for c in self.silver.values())
+            rejected = sum(sum(c["stages"].values()) for c in self.silver.values())
+            parts.append(f"silver {valid} valid, {duplicate} duplicate, {rejected} quarantined")
+        if self.gold:
+            upserted = sum(s["upserted"] for s in self.gold.values())
+            parts.append(f"gold {len(self.gold)} tables, {upserted} rows")
+        timing = " ".join(f"{layer} {s:.1f}" for layer, s in self.seconds.items())
+        return ", ".join(parts) + f" ({timing} s)"
+
+
+Observer = Callable[[BatchReport], None]
+
+
+class BatchWriter:
+    """The pipeline's foreachBatch callable: the layers of `LAYERS[pipeline]` in order."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: Config,
+        pipeline: str,
+        inputs: SilverInputs | None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.layers = LAYERS[pipeline]
+        self.guard = CommitGuard(spark, query_name(pipeline))
+        self.observer = observer
+        self.entity_of = {config.topic(e).name: e for e in ENTITIES}
+        self.bronze_paths = {e: config.table_path(bronze.LAYER, e) for e in ENTITIES}
+        for entity in ENTITIES:
+            bronze.ensure_bronze_table(spark, config, entity)
+        self.silver: dict[str, SilverWriter] = {}
+        self.gold: GoldLayer | None = None
+        if "silver" in self.layers:
+            assert inputs is not None
+            self.silver = silver_writers(spark, config, inputs, self.guard)
+            self.watermarks = WatermarkStore(
+                spark, f"{config.checkpoint_path(query_name(pipeline))}/watermarks"
+            )
+        if "gold" in self.layers:
+            self.gold = GoldLayer(spark, config, self.guard)
+        self.threads = ThreadPoolExecutor(max_workers=len(ENTITIES), thread_name_prefix="layer")
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        report = BatchReport(batch_id)
+        held = HeldFrames()
+        try:
+            with BatchScope(spark, query_name(self.pipeline), batch_id):
+                rows = held.keep(bronze.to_bronze(batch) if "bronze" in self.layers else batch)
+                by_entity = self._split(rows, report)
+                if by_entity:
+                    self._layers(spark, by_entity, batch_id, report, held)
+        finally:
+            held.release()
+        if report.rows_in:
+            log.info(report.line(self.pipeline))
+            if self.observer is not None:
+                self.observer(report)
+
+    def _layers(
+        self,
+        spark: SparkSession,
+        by_entity: dict[str, DataFrame],
+        batch_id: int,
+        report: BatchReport,
+        held: HeldFrames,
+    ) -> None:
+        if "bronze" in self.layers:
+            with _timed(report, "bronze"):
+                self._bronze(by_entity, batch_id, report)
+        if self.silver:
+            with _timed(report, "silver"):
+                results = self._silver(by_entity, batch_id, held)
+            report.silver = {r.entity: r.counts for r in results}
+            if self.gold is not None:
+                with _timed(report, "gold"):
+                    self._gold(spark, results, batch_id, report)
+
+    def _split(self, rows: DataFrame, report: BatchReport) -> dict[str, DataFrame]:
+        """The batch's rows per entity, for the entities that have any (one small job)."""
+        tallies = (
+            rows.groupBy("_kafka_topic")
+            .agg(F.count(F.lit(1)).alias("rows"), F.max("_kafka_timestamp").alias("newest"))
+            .collect()
+        )
+        by_entity = {}
+        for tally in tallies:
+            entity = self.entity_of.get(tally["_kafka_topic"])
+            if entity is None:
+                continue  # a topic this pipeline does not own (the Kafka source subscribes by name)
+            report.rows_in[entity] = int(tally["rows"])
+            report.newest_kafka[entity] = tally["newest"]
+            by_entity[entity] = rows.where(F.col("_kafka_topic") == tally["_kafka_topic"])
+        return by_entity
+
+    def _bronze(self, by_entity: dict[str, DataFrame], batch_id: int, report: BatchReport) -> None:
+        def write(entity: str) -> bool:
+            path = self.bronze_paths[entity]
+            return self.guard.write(path, batch_id, lambda: bronze.append(by_entity[entity], path))
+
+        written = self._each(list(by_entity), write)
+        report.bronze_written = [e for e, wrote in zip(by_entity, written, strict=True) if wrote]
+
+    def _silver(
+        self, by_entity: dict[str, DataFrame], batch_id: int, held: HeldFrames
+    ) -> list[SilverResult]:
+        before = self.watermarks.before(batch_id)
+        entities = [e for e in by_entity if e in self.silver]
+        results = self._each(
+            entities,
+            lambda e: self.silver[e].process(by_entity[e], batch_id, before.get(e), held),
+        )
+        after = dict(before)
+        after.update({r.entity: r.watermark for r in results if r.watermark is not None})
+        if after != before:
+            self.watermarks.record(batch_id, after)
+        return results
+
+    def _gold(
+        self, spark: SparkSession, results: list[SilverResult], batch_id: int, report: BatchReport
+    ) -> None:
+        assert self.gold is not None
+        changes = {
+            r.entity: as_inserts(r.fresh, self._silver_version(spark, r.entity, batch_id))
+            for r in results
+            if r.fresh is not None
+        }
+        names = self.gold.tables_for(set(changes))
+        summaries = self._each(names, lambda n: self.gold.apply(n, changes, batch_id))  # type: ignore[union-attr]
+        report.gold = {n: s for n, s in zip(names, summaries, strict=True) if s is not None}
+
+    def _silver_version(self, spark: SparkSession, entity: str, batch_id: int) -> int:
+        """The Silver version that holds the batch's rows of `entity`."""
+        from delta.tables import DeltaTable
+
+        path = self.silver[entity].paths.silver
+        own = self.guard.committed(path, batch_id)
+        if own is not None and own.version >= 0:
+            return own.version
+        return int(DeltaTable.forPath(spark, path).history(1).first()["version"])  # type: ignore[index]
+
+    def _each(self, items: list[str], work: Callable[[str], _T]) -> list[_T]:
+        """`work` on every item side by side; the first failure fails the batch."""
+        if len(items) == 1:
+            return [work(items[0])]
+        futures = [self.threads.submit(work, item) for item in items]
+        return [future.result() for future in futures]
+
+
+class _timed:
+    def __init__(self, report: BatchReport, layer: str) -> None:
+        self.report, self.layer = report, layer
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+
+    def __exit__(self, *_: object) -> None:
+        self.report.seconds[self.layer] = time.monotonic() - self.started
+
+
+def source(spark: SparkSession, config: Config, pipeline: str) -> DataFrame:
+    """Kafka over every topic for `all` and `bronze`; the Bronze tables for `refine`."""
+    if "bronze" in LAYERS[pipeline]:
+        return bronze.read_topics(spark, config, list(ENTITIES))
+    streams = [
+        spark.readStream.format("delta")
+        .option("maxBytesPerTrigger", MAX_BYTES_PER_TRIGGER)
+        .option("maxFilesPerTrigger", str(config.stream.max_files_per_trigger))
+        .load(config.table_path(bronze.LAYER, entity))
+        for entity in ENTITIES
+    ]
+    union = streams[0]
+    for stream in streams[1:]:
+        union = union.unionByName(stream)
+    return union
+
+
+def start(
+    spark: SparkSession,
+    config: Config,
+    pipeline: str,
+    inputs: SilverInputs | None,
+    once: bool,
+    observer: Observer | None = None,
+) -> StreamingQuery:
+    """Create every table of the pipeline's layers, then start its one query."""
+    from streaming.spark import stream_writer
+
+    if "bronze" not in LAYERS[pipeline]:
+        for entity in ENTITIES:  # refine reads Bronze: an empty table is a quiet topic
+            bronze.ensure_bronze_table(spark, config, entity)
+    writer = BatchWriter(spark, config, pipeline, inputs, observer)
+    frame = source(spark, config, pipeline)
+    return stream_writer(frame, query_name(pipeline), config, once).foreachBatch(writer).start()
