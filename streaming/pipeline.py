@@ -99,9 +99,11 @@ class BatchWriter:
         pipeline: str,
         inputs: SilverInputs | None,
         observer: Observer | None = None,
+        layers: tuple[str, ...] | None = None,
     ) -> None:
+        """`layers`: a subset of the pipeline's own, in order (Silver alone, say, in a test)."""
         self.pipeline = pipeline
-        self.layers = LAYERS[pipeline]
+        self.layers = layers or LAYERS[pipeline]
         self.guard = CommitGuard(spark, query_name(pipeline))
         self.observer = observer
         self.entity_of = {config.topic(e).name: e for e in ENTITIES}

@@ -11,12 +11,13 @@ import pytest
 from pyspark.sql import functions as F
 
 from streaming import bronze
+from streaming.commits import CommitGuard
 from streaming.config import load_config
 from streaming.gold.aggregates import TABLES, UPDATED_AT
-from streaming.gold.query import ensure_gold_table, query_name, silver_paths, touched_keys
-from streaming.gold.writer import GoldWriter
+from streaming.gold.query import GoldLayer
+from streaming.pipeline import BatchReport, BatchWriter
 from streaming.show import read_table
-from streaming.silver.query import check_inputs, writer_for
+from streaming.silver.query import check_inputs
 from streaming.verify import check_gold
 from tests.conftest import lake_env
 
@@ -56,58 +57,38 @@ def reading(event_id: str, at: datetime, battery: float, status: str = "availabl
 
 
 class Pipeline:
-    """Silver writers fed by hand, and the Gold writers that follow Silver's change feed."""
+    """The `refine` pipeline's batch writer fed by hand: Silver, then Gold, per batch."""
 
     def __init__(self, spark, config) -> None:  # type: ignore[no-untyped-def]
         self.spark, self.config = spark, config
-        inputs = check_inputs(config)
-        self.silver = {e: writer_for(spark, config, inputs, e) for e in ("bookings", "telemetry")}
         self.offset = 0
-        self.silver_batch = 0
-        self.seen: dict[tuple[str, str], int] = {}  # (Gold, Silver) -> next version to read
-        self.summaries: dict[str, dict] = {}  # Gold query -> its last batch's summary
-        self.gold = {
-            name: GoldWriter(
-                table, ensure_gold_table(spark, config, table),
-                silver_paths(config, table), query_name(name), self.summaries.__setitem__,
-            )
-            for name, table in TABLES.items()
-            if set(table.sources) <= {"bookings", "telemetry"}
-        }  # fmt: skip
+        self.batch_id = 0
+        self.reports: list[BatchReport] = []
+        self.writer = self.restarted()
+        self.gold = {n for n, t in TABLES.items() if set(t.sources) <= {"bookings", "telemetry"}}
 
-    def silver_rows(self, entity: str, events: list[dict]) -> None:
+    def restarted(self) -> BatchWriter:
+        """A new writer, as after a restart: nothing in memory."""
+        inputs = check_inputs(self.config)
+        return BatchWriter(self.spark, self.config, "refine", inputs, self.reports.append)
+
+    def bronze(self, entity: str, events: list[dict]):  # type: ignore[no-untyped-def]
         rows = [
             (b"k", json.dumps(e).encode(), f"g.{entity}", 0, self.offset + i, BASE, 0, [])
             for i, e in enumerate(events)
         ]
         self.offset += len(events)
-        frame = bronze.to_bronze(self.spark.createDataFrame(rows, bronze.KAFKA_SCHEMA))
-        self.silver[entity](frame, self.silver_batch)
-        self.silver_batch += 1
+        return bronze.to_bronze(self.spark.createDataFrame(rows, bronze.KAFKA_SCHEMA))
 
-    def changes(self, name: str):  # type: ignore[no-untyped-def]
-        """What the Gold query of `name` would receive next: the Silver change feed since last."""
-        from delta.tables import DeltaTable
+    def batch(self, entity: str, events: list[dict]):  # type: ignore[no-untyped-def]
+        """One batch of Bronze rows through Silver and Gold; returns it, for replays."""
+        frame = self.bronze(entity, events).localCheckpoint()
+        self.writer(frame, self.batch_id)
+        self.batch_id += 1
+        return frame
 
-        table, frames = TABLES[name], {}
-        for entity, path in silver_paths(self.config, table).items():
-            latest = DeltaTable.forPath(self.spark, path).history(1).first()["version"]
-            start = self.seen.get((name, path), 0)
-            feed = self.spark.read.format("delta").option("readChangeFeed", "true")
-            frames[entity] = (
-                feed.option("startingVersion", start).load(path)
-                if start <= latest  # else nothing new: an empty feed of the same columns
-                else feed.option("startingVersion", latest).load(path).limit(0)
-            )
-            self.seen[(name, path)] = latest + 1
-        return touched_keys(table, frames)
-
-    def gold_batch(self, batch_id: int) -> dict:
-        """One Gold micro-batch of every table; returns the change frames, for replays."""
-        batches = {name: self.changes(name).localCheckpoint() for name in self.gold}
-        for name, frame in batches.items():
-            self.gold[name](frame, batch_id)
-        return batches
+    def summary(self, table: str) -> dict:
+        return self.reports[-1].gold[table]
 
     def demand(self) -> dict:
         rows = self.spark.read.format("delta").load(
@@ -135,21 +116,19 @@ def late(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
     )  # fmt: skip
     pipeline = Pipeline(spark, config)
     # Oldest first, so the 7-day watermark never quarantines the history itself.
-    pipeline.silver_rows("bookings", [booking("b-10", day(-10))])
-    pipeline.silver_rows("bookings", [
+    pipeline.batch("bookings", [booking("b-10", day(-10))])
+    pipeline.batch("bookings", [
         booking("b-3a", day(-3)), booking("b-3b", day(-3), "u-2"), booking("b-1", day(-1)),
         booking("b0", day(0)), booking("b+1", day(1), revenue=7.25),
     ])  # fmt: skip
     minute = lambda n: day(-1) + timedelta(minutes=n)  # noqa: E731
-    pipeline.silver_rows("telemetry", [
+    pipeline.batch("telemetry", [
         reading("t1", minute(0), 12.0), reading("t2", minute(1), 8.0),
         reading("t3", minute(2), 9.0, "charging"), reading("t4", minute(3), 11.0, "charging"),
     ])  # fmt: skip
-    pipeline.gold_batch(0)
     before = pipeline.demand()
     # Yesterday's booking arrives a day late: within bookings' 7-day watermark, so it counts.
-    pipeline.silver_rows("bookings", [booking("late", day(0), "u-3", revenue=20.0)])
-    last = pipeline.gold_batch(1)
+    last = pipeline.batch("bookings", [booking("late", day(0), "u-3", revenue=20.0)])
     return pipeline, before, last
 
 
@@ -212,33 +191,35 @@ def test_battery_health_extended_reading_by_reading_equals_the_rebuild(spark, co
     batch of all four did. An earlier reading arriving after them makes the week rebuild."""
     pipeline = Pipeline(spark, config)
     minute = lambda n: day(-1) + timedelta(minutes=n)  # noqa: E731
-    name = query_name("battery_health_metrics_weekly")
+    name = "battery_health_metrics_weekly"
     batches = [
         [reading("t1", minute(0), 12.0)],
         [reading("t2", minute(1), 8.0)],
         [reading("t3", minute(2), 9.0, "charging"), reading("t4", minute(3), 11.0, "charging")],
     ]
-    for n, events in enumerate(batches):
-        pipeline.silver_rows("telemetry", events)
-        pipeline.gold_batch(n)
-        assert pipeline.summaries[name]["extended"] == 1
+    for events in batches:
+        pipeline.batch("telemetry", events)
+        assert pipeline.summary(name)["extended"] == 1
     assert battery(pipeline) == (4, 8.0, 1, 2.0, 1.0, 240.0)
     assert check_gold(spark, config, "battery_health_metrics_weekly").ok
 
     # A minute before t1: 15 (low) -> 12 adds a minute low and 3 points to the drain.
-    pipeline.silver_rows("telemetry", [reading("t0", minute(-1), 15.0)])
-    pipeline.gold_batch(len(batches))
+    pipeline.batch("telemetry", [reading("t0", minute(-1), 15.0)])
     check = check_gold(spark, config, "battery_health_metrics_weekly")
     assert check.ok, check
     assert battery(pipeline) == (5, 8.0, 1, 2.0, 2.0, 210.0)
-    assert pipeline.summaries[name]["extended"] == 0
+    assert pipeline.summary(name)["extended"] == 0
 
 
-def test_replaying_a_gold_batch_changes_nothing(spark, late) -> None:
+def test_replaying_a_batch_after_a_restart_changes_nothing(spark, late) -> None:
     from delta.tables import DeltaTable
 
     pipeline, _, last = late
-    paths = {name: pipeline.config.table_path("gold", name) for name in pipeline.gold}
+    tables = [("gold", n) for n in pipeline.gold] + [
+        ("silver", "bookings"),
+        ("quarantine", "bookings"),
+    ]
+    paths = {f"{layer}.{n}": pipeline.config.table_path(layer, n) for layer, n in tables}
 
     def state():  # type: ignore[no-untyped-def]
         return {
@@ -250,8 +231,8 @@ def test_replaying_a_gold_batch_changes_nothing(spark, late) -> None:
         }
 
     first = state()
-    for name, frame in last.items():  # the same batch id again, as after a crash
-        pipeline.gold[name](frame, 1)
+    # The last batch id again, as after a crash before the checkpoint's commit.
+    pipeline.restarted()(last, pipeline.batch_id - 1)
     assert state() == first
 
 
@@ -302,13 +283,11 @@ def test_demand_rebuilds_an_hour_from_both_ends_of_it_and_leaves_other_hours(spa
     at the first and at the last microsecond of the hour both count, the hour before is kept."""
     pipeline = Pipeline(spark, config)
     hour = BASE.replace(minute=0)
-    pipeline.silver_rows("telemetry", [reading("before", hour - timedelta(microseconds=1), 10.0)])
-    pipeline.silver_rows("telemetry", [reading("first", hour, 20.0)])
-    pipeline.gold_batch(0)
+    pipeline.batch("telemetry", [reading("before", hour - timedelta(microseconds=1), 10.0),
+                                 reading("first", hour, 20.0)])  # fmt: skip
     # A batch of its own: its watermark (newest - 10 minutes) would make `first` late.
     last = hour + timedelta(hours=1, microseconds=-1)
-    pipeline.silver_rows("telemetry", [reading("last", last, 40.0)])
-    pipeline.gold_batch(1)  # touches this hour only: its rebuild must still find `first`
+    pipeline.batch("telemetry", [reading("last", last, 40.0)])  # its rebuild must find `first`
     path = config.table_path("gold", "demand_by_zone_hour")
     rows = spark.read.format("delta").load(path).where(F.col("zone_id") == ZONE).collect()
     supply = {
@@ -321,22 +300,32 @@ def test_demand_rebuilds_an_hour_from_both_ends_of_it_and_leaves_other_hours(spa
     assert check.ok and check.gold_rows == 2, check
 
 
-def test_a_delete_in_silver_reaches_gold_through_the_change_feed(spark, config) -> None:
+def test_a_delete_in_silver_reaches_gold_through_its_touched_keys(spark, config) -> None:
+    """An erasure deletes Silver rows, then hands them to Gold as `delete` changes: the keys
+    they touched are rebuilt from what Silver has left."""
     from delta.tables import DeltaTable
 
     pipeline = Pipeline(spark, config)
-    pipeline.silver_rows("bookings", [booking("keep", BASE), booking("erase", BASE, "u-9")])
-    pipeline.gold_batch(0)
-    # A GDPR erasure deletes the user's rows from Silver.
-    DeltaTable.forPath(spark, config.table_path("silver", "bookings")).delete("user_id = 'u-9'")
-    pipeline.gold_batch(1)
+    pipeline.batch("bookings", [booking("keep", BASE), booking("erase", BASE, "u-9")])
+    gold = GoldLayer(spark, config, CommitGuard(spark, "erase"))
+    silver = DeltaTable.forPath(spark, config.table_path("silver", "bookings"))
+
+    def erase(condition: str, erasure: int) -> None:
+        gone = silver.toDF().where(condition).localCheckpoint()
+        silver.delete(condition)
+        changes = {"bookings": gone.withColumns(
+            {"_change_type": F.lit("delete"), "_commit_version": F.lit(None).cast("long")}
+        )}  # fmt: skip
+        for name in gold.tables_for({"bookings"}):
+            gold.apply(name, changes, erasure)
+
+    erase("user_id = 'u-9'", 0)
     row = pipeline.demand()[BASE.date()]
     assert (row["booking_count"], row["unique_users"]) == (1, 1)
     for name in pipeline.gold:
         assert check_gold(spark, config, name).ok
 
-    DeltaTable.forPath(spark, config.table_path("silver", "bookings")).delete("true")
-    pipeline.gold_batch(2)  # no booking left: every key it touched disappears from Gold
+    erase("true", 1)  # no booking left: every key it touched disappears from Gold
     assert pipeline.demand() == {}
     for name in pipeline.gold:
         check = check_gold(spark, config, name)

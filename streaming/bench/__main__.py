@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _step(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m streaming.bench step")
-    parser.add_argument("--phases", required=True, help="comma-separated: raw,noop,bronze,...")
+    parser.add_argument(
+        "--phases", required=True, help="comma-separated: raw,noop,bronze,all,stream"
+    )
     parser.add_argument("--expect", type=int, required=True, help="corpus events")
     parser.add_argument("--result", type=Path, required=True, help="where to write the report")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from typing import Any
 from streaming import jars
 from streaming.bench import report
 from streaming.bench.corpus import preload
-from streaming.bench.ladder import ChainedApp, run_drain
+from streaming.bench.ladder import ChainedApp, per_s, run_drain
 from streaming.bench.options import BenchOptions, options_from_args
 from streaming.bench.pipeline import Run
 from streaming.bench.rates import run_rate
@@ -104,9 +104,7 @@ def _preload(workspace: Workspace, options: BenchOptions, result: dict[str, Any]
         "topic": corpus.topic,
         "render_s": corpus.render_s,
         "produce_s": corpus.produce_s,
-        "produce_events_per_s": round(corpus.events / corpus.produce_s, 1)
-        if corpus.produce_s
-        else None,
+        "produce_events_per_s": per_s(corpus.events, corpus.produce_s, corpus.events),
     }
     return lake
 

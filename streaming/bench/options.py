@@ -20,6 +20,9 @@ LADDERS = ("drain", "rates")
 # What the rate ladder feeds: the whole chain (`lakehouse run all`), and Bronze alone, as it runs
 # in production in a container of its own (`lakehouse run bronze`), for Bronze's own target.
 RATE_PIPELINES = ("all", "bronze")
+# --quick feeds only the chain, on the application that drained the corpus: Bronze alone would
+# cost a JVM start of its own.
+QUICK_RATE_PIPELINES = ("all",)
 DRAIN_MODES = ("separate", "chained")
 
 
@@ -61,9 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rate-pipelines",
-        default=",".join(RATE_PIPELINES),
         help="what each rate feeds: all (`lakehouse run all`) and/or bronze (`lakehouse run "
-        "bronze` alone) (default all,bronze)",
+        f"bronze` alone) (default {','.join(RATE_PIPELINES)}; with --quick "
+        f"{','.join(QUICK_RATE_PIPELINES)})",
     )
     parser.add_argument(
         "--drain-mode",
@@ -76,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_EVENTS:,} events, one rate of {QUICK_RATES[0]:,}/s for "
-        f"{QUICK_RATE_SECONDS} s, chained drain ladder",
+        help=f"{QUICK_EVENTS:,} events, chained drain ladder, one rate of {QUICK_RATES[0]:,}/s "
+        f"for {QUICK_RATE_SECONDS} s on `run all`",
     )
     parser.add_argument(
         "--work", type=Path, help="folder for the throw-away lakes (default: a temporary folder)"
@@ -100,7 +103,9 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
     if seconds < 5:
         raise ConfigError(f"--rate-seconds must be at least 5, got {seconds}")
     ladders = _names("--ladders", args.ladders, LADDERS)
-    pipelines = _names("--rate-pipelines", args.rate_pipelines, RATE_PIPELINES)
+    pipelines: tuple[str, ...] = QUICK_RATE_PIPELINES if quick else RATE_PIPELINES
+    if args.rate_pipelines is not None:
+        pipelines = _names("--rate-pipelines", args.rate_pipelines, RATE_PIPELINES)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return BenchOptions(
         events=events,

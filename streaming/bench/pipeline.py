@@ -3,7 +3,7 @@
 `Run` is `python -m streaming.cli run all` (or `run bronze`) on a fresh lake; the chained drain
 step is the other kind (see ladder.py). Both are
 started in a session of their own, metered from outside with a TreeSampler once ready, and
-stopped with SIGTERM (the runner stops its queries cleanly), then SIGKILL for what is left.
+stopped with SIGTERM (the runner stops its query cleanly), then SIGKILL for what is left.
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ class Pipeline:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return ("bronze",) if self.kind == "bronze" else ("bronze", "silver", "gold")
+        from streaming.pipeline import LAYERS
+
+        return LAYERS[self.kind]
+
+    @property
+    def query(self) -> str:
+        """The name of the pipeline's one query: the label of its metrics."""
+        from streaming.pipeline import query_name
+
+        return query_name(self.kind)
 
     def __init__(self, lake: Lake, command: list[str], log_file: Path) -> None:
         self.lake = lake
@@ -103,26 +112,17 @@ class Pipeline:
 
 class Run(Pipeline):
     """`lakehouse run all` or `lakehouse run bronze` (streaming) on a fresh lake; ready once
-    every query of its last layer has written its checkpoint. Bronze alone is how it runs in
-    production, in a container of its own."""
+    its query has written its checkpoint (every table exists by then). Bronze alone is how it
+    runs in production, in a container of its own."""
 
-    def __init__(self, lake: Lake, log_file: Path, layer: str = "all") -> None:
-        from streaming.bronze import query_name as bronze_query
-        from streaming.config import ENTITIES
-        from streaming.gold.aggregates import TABLES
-        from streaming.gold.query import query_name as gold_query
-
-        command = [sys.executable, "-m", "streaming.cli", "run", layer]
+    def __init__(self, lake: Lake, log_file: Path, kind: str = "all") -> None:
+        command = [sys.executable, "-m", "streaming.cli", "run", kind]
         super().__init__(lake, command, log_file)
-        self.what, self.kind = f"`lakehouse run {layer}`", layer
-        if layer == "bronze":
-            last = [bronze_query(e) for e in ENTITIES]
-        else:
-            last = [gold_query(t) for t in TABLES]
-        self._markers = [Path(self.config.checkpoint_path(q)) / "metadata" for q in last]
+        self.what, self.kind = f"`lakehouse run {kind}`", kind
+        self._marker = Path(self.config.checkpoint_path(self.query)) / "metadata"
 
     def ready(self) -> bool:
-        return all(marker.exists() for marker in self._markers)
+        return self._marker.exists()
 
 
 def fetch(url: str) -> str | None:

@@ -2,10 +2,12 @@
 
 The payloads are rendered first. One second of them is sent at once as a warm-up and the
 pipeline is given time to take it through its last layer, so first-batch costs stay out of
-the figures. Then the paced sender runs for the step while a monitor samples Bronze's Kafka
-lag every second (the broker's end offsets minus the committed offsets the pipeline exports on
-its metrics endpoint). After the sender stops the pipeline gets time to drain (see
-`_drain_allowance`), and freshness is read from the Delta history of the layers it runs.
+the figures. Then the paced sender runs for the step while a monitor samples the pipeline's
+Kafka lag on the telemetry topic every second (the broker's end offsets minus the committed
+offsets the pipeline's query exports on its metrics endpoint: a batch's offsets are committed
+once every layer has written it). After the sender stops the pipeline gets time to drain (see
+`_drain_allowance`), and freshness is read from the Delta history (commit timestamps) of the
+telemetry tables of the layers it runs.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ MIN_DRAIN_S = 60.0
 MAX_DRAIN_S = 300.0
 
 
-def telemetry_gold_queries(layers: tuple[str, ...]) -> list[str]:
-    """The Gold queries that telemetry feeds, if Gold is among `layers`: the ones the rate
-    ladder can move."""
+def telemetry_gold_tables(layers: tuple[str, ...]) -> list[str]:
+    """The metric labels (`gold.<table>`) of the Gold tables that telemetry feeds, if Gold is
+    among `layers`: the ones the rate ladder can move."""
     from streaming.gold.aggregates import TABLES
 
     if "gold" not in layers:
@@ -42,7 +44,7 @@ def run_rate(pipeline: Pipeline, rate: int, seconds: int, seed: int) -> dict[str
     config = pipeline.config
     schedule = render_schedule(rate, seconds, seed)
     log.info("rate %d/s: %d events rendered in %.1f s", rate, schedule.events, schedule.render_s)
-    monitor = _LagMonitor(config, pipeline.metrics_url).start()
+    monitor = _LagMonitor(config, pipeline.metrics_url, pipeline.query).start()
     try:
         warm = send_chunks(config, schedule, 0, schedule.warmup, paced=False)
         warmup_s = _wait_drained(monitor, pipeline, schedule, warm, READY_TIMEOUT_S)
@@ -105,10 +107,10 @@ def _drain_allowance(seconds: int, warmup_s: float | None) -> float:
 def _wait_drained(
     monitor: _LagMonitor, pipeline: Pipeline, schedule: Schedule, sent: Sent, timeout_s: float
 ) -> float | None:
-    """Seconds after `sent` ended until Bronze has no lag and every telemetry-fed Gold table the
-    pipeline runs holds the last event time sent; None if that takes longer than `timeout_s`."""
+    """Seconds after `sent` ended until the pipeline has no lag and every telemetry-fed Gold
+    table it runs holds the last event time sent; None if that takes longer than `timeout_s`."""
     last_event = schedule.event_time(sent.first + len(sent.chunk_times) - 1)
-    wanted = telemetry_gold_queries(pipeline.layers)
+    wanted = telemetry_gold_tables(pipeline.layers)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pipeline.check_alive()
@@ -159,12 +161,12 @@ def _freshness(
 
 
 class _LagMonitor:
-    """Samples Bronze's telemetry lag and Gold's newest event times every second."""
+    """Samples the pipeline's telemetry lag and Gold's newest event times every second."""
 
-    def __init__(self, config: Config, metrics_url: str) -> None:
+    def __init__(self, config: Config, metrics_url: str, query: str) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
-        self.metrics_url = metrics_url
+        self.metrics_url, self.query = metrics_url, query
         self.topic = config.topic(ENTITY).name
         self.consumer = Consumer(
             {**config.kafka.client_options(), "group.id": "lakehouse-bench-lag"}
@@ -209,16 +211,16 @@ class _LagMonitor:
         text = fetch(self.metrics_url)
         if text is None:
             return
-        committed, gold = parse_metrics(text, self.topic)
+        committed, gold = parse_metrics(text, self.topic, self.query)
         with self._lock:
             self.gold = gold
-            if committed is not None:  # None until Bronze's first batch in this application
+            if committed is not None:  # None until the query's first batch in this application
                 self.samples.append(freshness.LagSample(at, ends, committed))
 
 
-def parse_metrics(text: str, topic: str) -> tuple[int | None, dict[str, float]]:
-    """(Bronze telemetry's committed offsets summed over partitions or None if not exported
-    yet, {gold query: newest event time committed})."""
+def parse_metrics(text: str, topic: str, query: str) -> tuple[int | None, dict[str, float]]:
+    """(the committed offsets of `query` on `topic`, summed over partitions, or None if not
+    exported yet; {`gold.<table>`: newest event time committed})."""
     from prometheus_client.parser import text_string_to_metric_families
 
     committed: int | None = None
@@ -226,15 +228,15 @@ def parse_metrics(text: str, topic: str) -> tuple[int | None, dict[str, float]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            query = labels.get("query", "")
+            label = labels.get("query", "")
             if (
                 sample.name == "lakehouse_kafka_committed_offset"
-                and query == f"bronze.{ENTITY}"
+                and label == query
                 and labels.get("topic") == topic
             ):
                 committed = (committed or 0) + int(sample.value)
             elif sample.name == "lakehouse_newest_committed_kafka_timestamp_seconds" and (
-                query.startswith("gold.")
+                label.startswith("gold.")
             ):
-                gold[query] = float(sample.value)
+                gold[label] = float(sample.value)
     return committed, gold

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streaming.bench import memory
+from streaming.bench.ladder import MIN_RECORDS, MIN_WINDOW_S
 from streaming.config import Config
 from streaming.errors import SetupError
 
@@ -42,7 +43,7 @@ def versions(config: Config) -> dict[str, str | None]:
 
 
 def settings(config: Config) -> dict[str, Any]:
-    from streaming.silver.query import MAX_BYTES_PER_TRIGGER
+    from streaming.pipeline import MAX_BYTES_PER_TRIGGER
 
     return {
         "spark_master": config.spark.master,
@@ -51,7 +52,7 @@ def settings(config: Config) -> dict[str, Any]:
         "trigger_interval": config.stream.trigger_interval,
         "max_offsets_per_trigger": config.stream.max_offsets_per_trigger,
         "max_files_per_trigger": config.stream.max_files_per_trigger,
-        "silver_max_bytes_per_trigger": MAX_BYTES_PER_TRIGGER,
+        "refine_max_bytes_per_trigger": MAX_BYTES_PER_TRIGGER,
         "telemetry_partitions": config.topic("telemetry").partitions,
         "kafka_bootstrap_servers": config.kafka.bootstrap_servers,
         "spark_conf_overrides": dict(config.spark.extra),
@@ -142,10 +143,11 @@ def _drain_table(result: dict[str, Any]) -> list[str]:
     ]
     for step in result["drain"]:
         rss = step["peak_rss_mb"]
+        wall, processing = step["wall_s"], step["processing_s"]
         lines.append(
-            f"| {step['label']} | {step['wall_s']:.1f} | {_n(step['events_per_s'])} "
-            f"| {_n(step['mb_per_s'], 2)} | {_n(step['ratio_to_raw'], 3)} "
-            f"| {_n(step['events_per_s_processing'])} "
+            f"| {step['label']} | {wall:.1f} | {_rate(step['events_per_s'], wall)} "
+            f"| {_rate(step['mb_per_s'], wall, 2)} | {_n(step['ratio_to_raw'], 3)} "
+            f"| {_rate(step['events_per_s_processing'], processing)} "
             f"| {_n(step['ratio_to_raw_processing'], 3)} "
             f"| {step['cpu_s_per_million_events']:,.0f} "
             f"| {_n(rss.get('python'))} / {_n(rss.get('jvm'))} "
@@ -155,10 +157,33 @@ def _drain_table(result: dict[str, Any]) -> list[str]:
         "",
         "Wall time includes the JVM start and table creation; *excl. start-up* is the "
         "processing window from the first batch's start to the last batch's end. "
-        "MB are 10^6 bytes of message value.",
+        "MB are 10^6 bytes of message value. *too short*: a window under "
+        f"{MIN_WINDOW_S:.0f} s or with fewer than {MIN_RECORDS} events gives no rate.",
         "",
+        *_layer_lines(result["drain"]),
     ]
     return lines
+
+
+def _layer_lines(drain: list[dict[str, Any]]) -> list[str]:
+    """Where a pipeline step's batches spent their time, layer by layer."""
+    lines = []
+    for step in drain:
+        if step.get("layer_s"):
+            layers = ", ".join(f"{k.title()} {s:,.1f} s" for k, s in step["layer_s"].items())
+            lines.append(
+                f"- {step['label']}: {layers} over {step['batches']} batch(es), in a "
+                f"processing window of {_n(step['processing_s'], 1)} s (the rest: reading "
+                "and holding each batch)."
+            )
+    return [*lines, ""] if lines else []
+
+
+def _rate(value: float | None, seconds: float | None, digits: int = 0) -> str:
+    """A rate, or why there is none: its window was too short, or there was no window."""
+    if value is None and seconds is not None:
+        return "too short"
+    return _n(value, digits)
 
 
 def _heap(summary: dict[str, Any] | None) -> str:
@@ -208,10 +233,11 @@ def _rates_table(result: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Each rate runs after a one-second warm-up burst has gone through the pipeline's last "
-        "layer. Freshness: per "
-        "commit, the commit timestamp minus the newest Kafka timestamp visible in the table "
-        "(Gold: the newest `last_event_time`, mapped to when that event was sent). Lag growth: "
-        "slope of Bronze's lag right after each commit while sending, as a share of the offered "
+        "layer. Freshness: per Delta commit (its timestamp in the table's `_delta_log`) of "
+        "Bronze's and Silver's telemetry tables and of the Gold tables, the commit timestamp "
+        "minus the newest Kafka timestamp visible in the table (Gold: the newest "
+        "`last_event_time`, mapped to when that event was sent). Lag growth: slope of the "
+        "pipeline's Kafka lag right after each commit while sending, as a share of the offered "
         "rate (flat below 0.05; undetermined with fewer than three commits). Where a layer has "
         "not drained, its freshness covers only the commits seen and understates the real "
         "staleness. JVM live heap: what a forced full collection leaves on the heap, at "
@@ -256,8 +282,10 @@ def _throughput_bars(axis: Any, drain: list[dict[str, Any]] | None) -> None:
     steady = [step["events_per_s_processing"] or 0 for step in drain]
     bars = axis.bar([x - width / 2 for x in xs], wall, width, label="incl. start-up")
     steady_bars = axis.bar([x + width / 2 for x in xs], steady, width, label="excl. start-up")
-    axis.bar_label(bars, labels=[f"{v:,.0f}" for v in wall], fontsize=7)
-    axis.bar_label(steady_bars, labels=[f"{v:,.0f}" for v in steady], fontsize=7)
+    axis.bar_label(bars, labels=[f"{v:,.0f}" if v else "too short" for v in wall], fontsize=7)
+    axis.bar_label(
+        steady_bars, labels=[f"{v:,.0f}" if v else "too short" for v in steady], fontsize=7
+    )
     axis.set_yscale("log")
     axis.set_xticks(list(xs), labels, fontsize=8)
     axis.set_ylabel("events / s (log)")
@@ -302,10 +330,6 @@ def _rate_or_none(rate: int | None) -> str:
 
 def lag_word(flat: bool | None) -> str:
     return "undetermined" if flat is None else "flat" if flat else "GROWS"
-
-
-def _short(label: str) -> str:
-    return label.replace(" (confluent-kafka)", "").replace(" -> ", "\n-> ").replace(" + ", "\n+ ")
 
 
 def _pair(summary: dict[str, Any]) -> str:

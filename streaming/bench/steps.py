@@ -2,13 +2,16 @@
 
 The process meters itself (its Python, its JVM, their workers) phase by phase: `startup` (the
 SparkSession), then each phase it was asked for, in order: `raw` (confluent-kafka consumer),
-`noop` (Spark's Kafka source into the no-op sink), `bronze`, `silver`, `gold` (the layers' own
-queries with an availableNow trigger, each layer draining before the next starts, as
-`lakehouse run all --once` does), and `stream`: `lakehouse run all` (streaming) in the same
-application on the same lake until SIGTERM, for the rate ladder; a file `streaming` next to the
-report says its Gold queries have started. The queries' progress reports give the processing
-window (first batch start to last batch end), which leaves out JVM start-up and table creation.
-The report is rewritten after every phase.
+`noop` (Spark's Kafka source into the no-op sink), `bronze` and `all` (those pipelines with an
+availableNow trigger, as `lakehouse run <name> --once` runs them, with what each batch reported
+per layer), and `stream`: `lakehouse run all` (streaming) in the same application on the same
+lake until SIGTERM, for the rate ladder; a file `streaming` next to the report says its query
+has started. The queries' progress reports give the processing window (first batch start to
+last batch end), which leaves out JVM start-up and table creation. The report is rewritten
+after every phase.
+
+When one process runs both pipelines, `bronze` writes a lake of its own next to the main one:
+`all` (and `stream` after it) must find Bronze holding the corpus once, not twice.
 """
 
 from __future__ import annotations
@@ -24,16 +27,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streaming.bench.procfs import TreeSampler
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.errors import BrokerError, QueryError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
+    from streaming.pipeline import BatchReport
+
 log = logging.getLogger(__name__)
-PHASES = ("raw", "noop", "bronze", "silver", "gold", "stream")
-SPARK_PHASES = ("noop", "bronze", "silver", "gold", "stream")
+PHASES = ("raw", "noop", "bronze", "all", "stream")
+SPARK_PHASES = ("noop", "bronze", "all", "stream")
 ENTITY = "telemetry"
 NOOP_QUERY = "bench.noop"
 RAW_POLL = 10_000
@@ -56,7 +61,7 @@ def run_step(config: Config, phases: list[str], expected: int, result: Path) -> 
             report["phases"].append({"name": phase, **dataclasses.asdict(sampler.mark())})
             spark = None  # the runner stopped it
         else:
-            outcome = _PHASES[phase](spark, config, expected)
+            outcome = _PHASES[phase](spark, _lake_of(config, phase, phases), expected)
             metered = dataclasses.asdict(sampler.mark())
             report["phases"].append({"name": phase, **metered, **outcome})
         _write(result, report)
@@ -67,6 +72,14 @@ def run_step(config: Config, phases: list[str], expected: int, result: Path) -> 
         spark.stop()
 
 
+def _lake_of(config: Config, phase: str, phases: list[str]) -> Config:
+    """The tables `phase` writes: its own, next to the main ones, for `bronze` when `all` runs
+    in the same process (each pipeline appends the corpus to Bronze under its own mark)."""
+    if phase != "bronze" or "all" not in phases:
+        return config
+    return dataclasses.replace(config, root=config.root.rstrip("/") + "-bronze-step")
+
+
 def _write(path: Path, report: dict[str, Any]) -> None:
     """Replace the report at once: a reader never sees half of it."""
     partial = path.with_suffix(".partial")
@@ -75,28 +88,23 @@ def _write(path: Path, report: dict[str, Any]) -> None:
 
 
 def _stream(spark: SparkSession, config: Config, marker: Path) -> None:
-    """`lakehouse run all` in this application until SIGTERM; `marker` appears once every
-    Gold query has started."""
-    from streaming.gold.aggregates import TABLES
+    """`lakehouse run all` in this application until SIGTERM; `marker` appears once its query
+    has started (every table exists by then)."""
+    from streaming.pipeline import query_name
     from streaming.runner import run
 
-    spark.streams.addListener(_gold_started(len(TABLES), marker))
+    spark.streams.addListener(_started(query_name("all"), marker))
     run(config, "all", once=False)
 
 
-def _gold_started(count: int, marker: Path) -> Any:
-    """A listener that touches `marker` when `count` Gold queries have started."""
+def _started(name: str, marker: Path) -> Any:
+    """A listener that touches `marker` when the query `name` starts."""
     from pyspark.sql.streaming import StreamingQueryListener
 
-    class GoldStarted(StreamingQueryListener):
-        def __init__(self) -> None:
-            self.names: set[str] = set()
-
+    class Started(StreamingQueryListener):
         def onQueryStarted(self, event: Any) -> None:
-            if (event.name or "").startswith("gold."):
-                self.names.add(event.name)
-                if len(self.names) >= count:
-                    marker.touch()
+            if event.name == name:
+                marker.touch()
 
         def onQueryProgress(self, event: Any) -> None:
             pass
@@ -107,15 +115,15 @@ def _gold_started(count: int, marker: Path) -> Any:
         def onQueryTerminated(self, event: Any) -> None:
             pass
 
-    return GoldStarted()
+    return Started()
 
 
 def _start_spark(config: Config, phases: list[str]) -> SparkSession:
     from streaming.runner import preflight
     from streaming.spark import build_spark
 
-    layers = [phase for phase in phases if phase in ("bronze", "silver", "gold")]
-    preflight(config, layers)  # one clear line for a missing key, topic or jar
+    # One clear line for a missing key, topic or jar: the checks of the longest pipeline run.
+    preflight(config, "all" if {"all", "stream"} & set(phases) else "bronze")
     # Keep every progress report of the step (Spark keeps the last 100 by default).
     extra = {**config.spark.extra, "spark.sql.streaming.numRecentProgressUpdates": "100000"}
     config = dataclasses.replace(config, spark=dataclasses.replace(config.spark, extra=extra))
@@ -139,88 +147,123 @@ def _raw(_: Any, config: Config, expected: int) -> dict[str, Any]:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = sorted(metadata.topics[topic].partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        count = size = 0
-        first = last = time.time()
-        deadline = time.monotonic() + 120 + expected / 10_000
-        while count < expected:
-            batch = consumer.consume(RAW_POLL, timeout=1.0)
-            for message in batch:
-                if message.error() is not None:
-                    raise BrokerError(f"raw consumer: {message.error()}")
-                size += len(message.value() or b"")
-            if batch and count == 0:
-                first = time.time()
-            count += len(batch)
-            last = time.time() if batch else last
-            if time.monotonic() > deadline:
-                raise BrokerError(f"raw consumer read {count} of {expected} messages in time")
+        return _consume(consumer, expected)
     except KafkaException as exc:
         raise BrokerError(f"raw consumer failed: {exc}") from None
     finally:
         consumer.close()
-    return {"rows": {"raw.telemetry": count}, "payload_bytes": size, "window": [first, last]}
+
+
+def _consume(consumer: Any, expected: int) -> dict[str, Any]:
+    """Poll until `expected` messages are in. The window runs from the start of the poll that
+    returned the first messages to the end of the one that returned the last: the whole time
+    spent fetching them."""
+    count = size = 0
+    first = last = None
+    deadline = time.monotonic() + 120 + expected / 10_000
+    while count < expected:
+        asked = time.time()
+        batch = consumer.consume(RAW_POLL, timeout=1.0)
+        for message in batch:
+            if message.error() is not None:
+                raise BrokerError(f"raw consumer: {message.error()}")
+            size += len(message.value() or b"")
+        if batch:
+            first = asked if first is None else first
+            last = time.time()
+        count += len(batch)
+        if time.monotonic() > deadline:
+            raise BrokerError(f"raw consumer read {count} of {expected} messages in time")
+    window = [first, last] if first is not None else None
+    return {"rows": {"raw.telemetry": count}, "payload_bytes": size, "window": window}
 
 
 def _noop(spark: SparkSession, config: Config, _: int) -> dict[str, Any]:
-    from streaming.bronze import read_topic
+    from streaming.bronze import read_topics
 
     query = (
-        read_topic(spark, config, ENTITY)
+        read_topics(spark, config, [ENTITY])
         .writeStream.format("noop")
         .queryName(NOOP_QUERY)
         .option("checkpointLocation", config.checkpoint_path(NOOP_QUERY))
         .trigger(availableNow=True)
         .start()
     )
-    return _drain([query])
+    return _drain(query)
 
 
 def _bronze(spark: SparkSession, config: Config, _: int) -> dict[str, Any]:
-    from streaming.bronze import start_bronze
-
-    return _drain([start_bronze(spark, config, entity, True) for entity in ENTITIES])
+    return _pipeline(spark, config, "bronze")
 
 
-def _silver(spark: SparkSession, config: Config, _: int) -> dict[str, Any]:
-    from streaming.silver.query import check_inputs, start_silver
-
-    return _drain(start_silver(spark, config, check_inputs(config), True))
+def _all(spark: SparkSession, config: Config, _: int) -> dict[str, Any]:
+    return _pipeline(spark, config, "all")
 
 
-def _gold(spark: SparkSession, config: Config, _: int) -> dict[str, Any]:
-    from streaming.gold.query import start_gold
+def _pipeline(spark: SparkSession, config: Config, name: str) -> dict[str, Any]:
+    """One pipeline (`lakehouse run <name> --once`) over the corpus, with what each of its
+    batches reported: rows per layer and seconds per layer."""
+    from streaming import pipeline
+    from streaming.silver.query import check_inputs
 
-    return _drain(start_gold(spark, config, True))
+    reports: list[BatchReport] = []
+    inputs = check_inputs(config) if "silver" in pipeline.LAYERS[name] else None
+    query = pipeline.start(spark, config, name, inputs, once=True, observer=reports.append)
+    drained, figures = _drain(query), layer_figures(reports)
+    drained["rows"].update(figures.pop("rows"))
+    return {**drained, **figures}
+
+
+def layer_figures(reports: list[BatchReport]) -> dict[str, Any]:
+    """Rows and seconds per layer over a pipeline's batches: Bronze rows appended, Silver rows
+    judged (and their books), Gold rows upserted."""
+    rows: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    books: dict[str, dict[str, int]] = {}
+
+    def add(key: str, count: int) -> None:
+        rows[key] = rows.get(key, 0) + count
+
+    for report in reports:
+        for entity in report.bronze_written:
+            add(f"bronze.{entity}", report.rows_in.get(entity, 0))
+        for entity, counts in report.silver.items():
+            add(f"silver.{entity}", counts["bronze"])
+            book = books.setdefault(entity, {"valid": 0, "duplicate": 0, "quarantined": 0})
+            book["valid"] += counts["valid"]
+            book["duplicate"] += counts["duplicate"]
+            book["quarantined"] += sum(counts["stages"].values())
+        for table, summary in report.gold.items():
+            add(f"gold.{table}", summary["upserted"])
+        for layer, spent in report.seconds.items():
+            seconds[layer] = seconds.get(layer, 0.0) + spent
+    return {
+        "rows": rows,
+        "silver": books,
+        "layer_s": {layer: round(s, 2) for layer, s in seconds.items()},
+    }
 
 
 _PHASES: dict[str, Callable[[Any, Config, int], dict[str, Any]]] = {
     "raw": _raw,
     "noop": _noop,
     "bronze": _bronze,
-    "silver": _silver,
-    "gold": _gold,
+    "all": _all,
 }
 
 
-def _drain(queries: list[StreamingQuery]) -> dict[str, Any]:
-    """Wait for every query; return rows read per query and the processing window."""
-    for query in queries:
-        _await(query)
-    rows: dict[str, int] = {}
-    starts: list[float] = []
-    ends: list[float] = []
-    batches = 0
-    for query in queries:
-        progress = query.recentProgress
-        rows[query.name or str(query.id)] = sum(p.numInputRows for p in progress)
-        for p in progress:
-            if p.numInputRows > 0:
-                begin = _epoch(p.timestamp)
-                starts.append(begin)
-                ends.append(begin + p.batchDuration / 1000.0)
-                batches += 1
-    window = [min(starts), max(ends)] if starts else None
-    return {"rows": rows, "batches": batches, "window": window}
+def _drain(query: StreamingQuery) -> dict[str, Any]:
+    """Wait for the query; return the rows it read, its batches and its processing window
+    (the first non-empty batch's start to the last one's end)."""
+    _await(query)
+    progress = [p for p in query.recentProgress if p.numInputRows > 0]
+    starts = [_epoch(p.timestamp) for p in progress]
+    ends = [start + p.batchDuration / 1000.0 for start, p in zip(starts, progress, strict=True)]
+    return {
+        "rows": {query.name or str(query.id): sum(p.numInputRows for p in progress)},
+        "batches": len(progress),
+        "window": [min(starts), max(ends)] if starts else None,
+    }
 
 
 def _await(query: StreamingQuery) -> None:
