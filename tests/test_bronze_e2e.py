@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from streaming import bronze
+from streaming import pipeline
 from streaming.config import ENTITIES
 from streaming.simulator.producer import ProduceOptions, run_producer
 from streaming.verify import check_bronze
@@ -86,8 +86,7 @@ def test_malformed_payloads_land_in_bronze_unchanged(lake, spark) -> None:
     messages = broken_payloads()
     acked = publish(lake.config, "telemetry", messages)
 
-    query = bronze.start_bronze(spark, lake.config, "telemetry", once=True)
-    query.awaitTermination()
+    pipeline.start(spark, lake.config, "bronze", None, once=True).awaitTermination()
 
     stored = spark.read.format("delta").load(lake.config.table_path("bronze", "telemetry"))
     expected = spark.createDataFrame(
@@ -117,8 +116,7 @@ def test_oracle_fails_when_a_bronze_row_is_removed_or_duplicated(
         lake.config, "bookings", [(b"k", f'{{"n": {i}}}'.encode(), []) for i in range(50)]
     )
     ledger = write_ledger(tmp_path / "bookings.ledger", acked)
-    query = bronze.start_bronze(spark, lake.config, "bookings", once=True)
-    query.awaitTermination()
+    pipeline.start(spark, lake.config, "bronze", None, once=True).awaitTermination()
     assert check_bronze(spark, lake.config, [ledger]).ok
 
     path = lake.config.table_path("bronze", "bookings")

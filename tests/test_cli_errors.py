@@ -73,6 +73,12 @@ def test_flag_mistakes(args: list[str], phrase: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("layer", ["silver", "gold"])
+def test_run_silver_or_gold_names_the_refine_pipeline(layer: str, tmp_path: Path) -> None:
+    result = lakehouse("run", layer, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    one_clear_line(result, 2, f"`run {layer}` is now part of `run refine`")
+
+
 def test_bad_setting_value(lake) -> None:
     result = lakehouse(
         "produce", "telemetry", env=lake.process_env(LAKEHOUSE_METRICS_PORT="ninety")

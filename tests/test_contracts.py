@@ -255,7 +255,7 @@ def _silver_once(tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-d
         **overrides,
     }
     started = time.monotonic()
-    result = lakehouse("run", "silver", "--once", env=env, timeout=60)
+    result = lakehouse("run", "refine", "--once", env=env, timeout=60)
     return result, time.monotonic() - started
 
 
@@ -268,7 +268,7 @@ def _one_error_line(result) -> str:  # type: ignore[no-untyped-def]
     return errors[0]
 
 
-def test_run_silver_without_a_pii_key_fails_before_spark(tmp_path: Path) -> None:
+def test_run_refine_without_a_pii_key_fails_before_spark(tmp_path: Path) -> None:
     result, seconds = _silver_once(tmp_path)
     assert "LAKEHOUSE_PII_KEY" in _one_error_line(result)
     assert seconds < 15, seconds  # no JVM was started

@@ -39,14 +39,14 @@ def test_every_file_the_compose_file_and_the_dockerfile_name_exists() -> None:
 def test_stream_services_run_commands_the_cli_accepts() -> None:
     commands = {name: service["command"] for name, service in OURS.items()}
     assert {tuple(c) for c in commands.values()} >= {
-        ("run", "bronze"), ("run", "silver"), ("run", "gold"), ("topics", "create"),
+        ("run", "bronze"), ("run", "refine"), ("topics", "create"),
     }  # fmt: skip
     for name, command in commands.items():
         args = _parser().parse_args(command)  # argparse exits on anything it does not accept
         assert args.handler.__name__ == f"_{command[0]}", name
     prometheus = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert sorted(targets) == [f"{n}:9464" for n in ("bronze", "gold", "silver")]
+    assert sorted(targets) == [f"{n}:9464" for n in ("bronze", "refine")]
 
 
 def test_every_setting_the_containers_set_is_one_the_service_reads() -> None:

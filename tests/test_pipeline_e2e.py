@@ -81,19 +81,24 @@ def expected_places(entity: str, kind: str, fmt: str) -> set[tuple[str, str | No
 
 
 def _placements(spark, config):  # type: ignore[no-untyped-def]
-    """(coordinates, place, stage, rule_ids) of every row in Silver, quarantine and duplicates."""
+    """(coordinates, place, stage, rule_ids) of every row in Silver and quarantine; duplicates
+    (quarantined with stage `duplicate`) as their own place."""
     no_stage = F.lit(None).cast("string").alias("stage")
     no_rules = F.lit(None).cast("array<string>").alias("rule_ids")
     frames = []
     for entity in ENTITIES:
-        tables = {
-            "silver": (config.table_path("silver", entity), no_stage, no_rules),
-            "quarantine": (config.table_path("quarantine", entity), "stage", "rule_ids"),
-            "duplicate": (config.table_path("silver", f"_duplicates/{entity}"), no_stage, no_rules),
-        }
-        for place, (path, stage, rules) in tables.items():
-            frame = spark.read.format("delta").load(path)
-            frames.append(frame.select(*COORDS, F.lit(place).alias("place"), stage, rules))
+        silver = spark.read.format("delta").load(config.table_path("silver", entity))
+        frames.append(silver.select(*COORDS, F.lit("silver").alias("place"), no_stage, no_rules))
+        quarantine = spark.read.format("delta").load(config.table_path("quarantine", entity))
+        duplicate = F.col("stage") == "duplicate"  # duplicates are quarantined with this stage
+        frames.append(
+            quarantine.select(
+                *COORDS,
+                F.when(duplicate, "duplicate").otherwise("quarantine").alias("place"),
+                F.when(~duplicate, F.col("stage")).alias("stage"),
+                F.when(~duplicate, F.col("rule_ids")).alias("rule_ids"),
+            )
+        )
     placed = frames[0]
     for frame in frames[1:]:
         placed = placed.unionByName(frame)

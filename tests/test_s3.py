@@ -146,7 +146,7 @@ def test_cli_status_and_make_bucket(s3_env) -> None:
 )
 def test_bad_s3_settings_fail_with_one_clear_line(s3_env, overrides, exit_code, phrases) -> None:
     env = {**os.environ, **_on_s3(s3_env), **overrides}
-    result = lakehouse("run", "gold", "--once", env=env, timeout=120)
+    result = lakehouse("run", "refine", "--once", env=env, timeout=120)
     one_clear_line(result, exit_code, *phrases)
     assert SECRET not in result.stderr and "wrong-secret" not in result.stderr
 
@@ -190,14 +190,14 @@ def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        gold_lease = _lease_file(s3_env, config, "gold")
+        silver_lease = _lease_file(s3_env, config, "silver")
         deadline = time.monotonic() + 120
-        while not gold_lease.exists():
+        while not silver_lease.exists():
             assert writer.poll() is None, writer.stderr.read()[-3000:]  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "the writer took no lease"
             time.sleep(0.2)
-        second = lakehouse("run", "gold", "--once", env=env, timeout=120)
-        one_clear_line(second, 2, "another process writes the gold tables", f"pid {writer.pid}")
+        second = lakehouse("run", "refine", "--once", env=env, timeout=120)
+        one_clear_line(second, 2, "another process writes the silver tables", f"pid {writer.pid}")
         deadline = time.monotonic() + 300
         while not any("SparkSubmit" in line for line in _command_lines(writer.pid)):
             assert writer.poll() is None and time.monotonic() < deadline, "no Spark JVM started"
@@ -208,7 +208,7 @@ def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
         if writer.poll() is None:
             writer.kill()
     assert writer.returncode == 0, errors[-3000:]
-    assert not gold_lease.exists(), "the writer left its lease behind"
+    assert not silver_lease.exists(), "the writer left its lease behind"
 
     table = next(iter(TABLES))
     version, rows = _gold_rows(config, table)

@@ -11,7 +11,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from streaming import bronze
 from streaming.config import load_config
-from streaming.silver.query import check_inputs, writer_for
+from streaming.pipeline import BatchWriter
+from streaming.silver.query import check_inputs
 from tests.conftest import lake_env
 
 PII_KEY = "test-only-pii-key-0123456789abcdef"
@@ -21,6 +22,11 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 @pytest.fixture
 def config(tmp_path: Path):  # type: ignore[no-untyped-def]
     return load_config({**lake_env(tmp_path, "127.0.0.1:1", "w."), "LAKEHOUSE_PII_KEY": PII_KEY})
+
+
+def silver_writer(spark, config) -> BatchWriter:  # type: ignore[no-untyped-def]
+    """The `refine` pipeline's batch writer with Silver alone, as after a (re)start."""
+    return BatchWriter(spark, config, "refine", check_inputs(config), layers=("silver",))
 
 
 def telemetry(event_id: str, at: datetime, battery: float, lat: float = 40.7580) -> dict:
@@ -45,7 +51,6 @@ def snapshot(spark, config):  # type: ignore[no-untyped-def]
     tables = {
         "silver": config.table_path("silver", "telemetry"),
         "quarantine": config.table_path("quarantine", "telemetry"),
-        "duplicates": config.table_path("silver", "_duplicates/telemetry"),
         "vehicle_state": config.table_path("silver", "vehicle_state"),
     }
     versions = {
@@ -61,7 +66,7 @@ def snapshot(spark, config):  # type: ignore[no-untyped-def]
 
 
 def test_replaying_a_batch_id_changes_nothing(spark, config) -> None:
-    writer = writer_for(spark, config, check_inputs(config), "telemetry")
+    writer = silver_writer(spark, config)
     events = [telemetry(f"e-{i}", NOW - timedelta(seconds=i), 50.0 + i) for i in range(20)]
     events.append(dict(events[0]))  # a producer retry inside the batch
     events.append({**telemetry("bad", NOW, 150.0)})  # quarantined: battery out of range
@@ -76,17 +81,18 @@ def test_replaying_a_batch_id_changes_nothing(spark, config) -> None:
     assert again_versions == versions
     for name, frame in again.items():
         assertDataFrameEqual(frame, frozen[name])
-    assert len(frozen["silver"]) == 20 and len(frozen["quarantine"]) == 1
-    assert len(frozen["duplicates"]) == 1
+    stages = sorted(r["stage"] for r in frozen["quarantine"])
+    assert len(frozen["silver"]) == 20 and stages == ["duplicate", "rule"]
 
     writer(batch, 8)  # the same rows under a new batch id: every one is now a duplicate
     _, later = snapshot(spark, config)
     assertDataFrameEqual(later["silver"], frozen["silver"])
-    assert later["duplicates"].count() == 1 + 21
+    duplicates = later["quarantine"].where("stage = 'duplicate'")
+    assert duplicates.count() == 1 + 21
 
 
 def test_an_out_of_order_event_leaves_vehicle_state_at_the_newest(spark, config) -> None:
-    writer = writer_for(spark, config, check_inputs(config), "telemetry")
+    writer = silver_writer(spark, config)
     newer = telemetry("newer", NOW, 80.0, lat=40.7580)
     older = telemetry("older", NOW - timedelta(minutes=2), 20.0, lat=40.6413)
 
@@ -121,7 +127,7 @@ def test_a_new_optional_field_becomes_a_column_and_an_incompatible_one_is_quaran
     shutil.copytree(SCHEMA_DIR, schemas)
     env = {**lake_env(tmp_path, "127.0.0.1:1", "w."), "LAKEHOUSE_PII_KEY": PII_KEY}
     config = load_config({**env, "LAKEHOUSE_SCHEMAS": str(schemas)})
-    writer_for(spark, config, check_inputs(config), "telemetry")(
+    silver_writer(spark, config)(
         bronze_batch(spark, [telemetry("v1-json", NOW, 60.0)], first_offset=0), 0
     )
 
@@ -154,7 +160,7 @@ def test_a_new_optional_field_becomes_a_column_and_an_incompatible_one_is_quaran
             bronze.KAFKA_SCHEMA,
         )
     )
-    writer_for(spark, config, check_inputs(config), "telemetry")(batch, 1)  # after a restart
+    silver_writer(spark, config)(batch, 1)  # after a restart
 
     silver = spark.read.format("delta").load(config.table_path("silver", "telemetry"))
     firmware = {r["event_id"]: r["firmware_version"] for r in silver.collect()}
@@ -165,65 +171,11 @@ def test_a_new_optional_field_becomes_a_column_and_an_incompatible_one_is_quaran
     ]
 
 
-class _Crash(Exception):
-    """Raised right after the n-th write of a batch has committed, as a kill -9 there would."""
-
-
-def test_a_batch_that_dies_after_any_of_its_writes_ends_as_one_that_never_died(
-    spark, config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from streaming.silver import writer as silver_writer
-
-    events = [telemetry(f"c-{i}", NOW - timedelta(seconds=i), 40.0 + i) for i in range(6)]
-    events.append(dict(events[1]))  # a duplicate
-    events.append(telemetry("bad", NOW, 150.0))  # quarantined
-    batch = bronze_batch(spark, events, first_offset=0).localCheckpoint()  # as stored in Bronze
-    clean = load_config({**lake_env(tmp_path / "clean", "127.0.0.1:1", "w."),
-                         "LAKEHOUSE_PII_KEY": PII_KEY})  # fmt: skip
-    writer_for(spark, clean, check_inputs(clean), "telemetry")(batch, 0)
-    _, expected = snapshot(spark, clean)
-    expected_rows = {name: frame.collect() for name, frame in expected.items()}
-
-    writes = {"n": 0, "crash_after": 0}
-    append, merge = silver_writer._append, silver_writer.SilverWriter._update_vehicle_state
-
-    def counted(write):  # type: ignore[no-untyped-def]
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-            write(*args, **kwargs)
-            writes["n"] += 1
-            if writes["n"] == writes["crash_after"]:
-                raise _Crash(f"after write {writes['n']}")
-
-        return wrapper
-
-    monkeypatch.setattr(silver_writer, "_append", counted(append))
-    monkeypatch.setattr(silver_writer.SilverWriter, "_update_vehicle_state", counted(merge))
-    # Each attempt dies one write later than the one before, with a new writer each time as
-    # after a restart, until one gets through: after Silver has committed, a replay's other
-    # writes are all skipped, so it never reaches as many writes as the attempt before it.
-    crashes = 0
-    while True:
-        writes.update(n=0, crash_after=crashes + 1)
-        try:
-            writer_for(spark, config, check_inputs(config), "telemetry")(batch, 0)
-        except _Crash:
-            crashes += 1
-            continue
-        break
-
-    _, replayed = snapshot(spark, config)
-    for name, frame in replayed.items():
-        assertDataFrameEqual(frame, expected_rows[name])
-    assert crashes >= 4  # after the duplicates, quarantine, vehicle_state and Silver writes
-    assert [len(expected_rows[n]) for n in ("silver", "duplicates", "quarantine")] == [6, 1, 1]
-    assert len(expected_rows["vehicle_state"]) == 1
-
-
 def test_a_restarted_writer_resumes_from_the_watermark_of_the_last_batch(spark, config) -> None:
-    writer_for(spark, config, check_inputs(config), "telemetry")(
+    silver_writer(spark, config)(
         bronze_batch(spark, [telemetry("newest", NOW, 50.0)], first_offset=0), 0
     )
-    restarted = writer_for(spark, config, check_inputs(config), "telemetry")  # nothing in memory
+    restarted = silver_writer(spark, config)  # nothing in memory
     # Older than the newest event time so far minus telemetry's 10 minutes: late, though it is
     # the only event of its batch.
     old = telemetry("old", NOW - timedelta(minutes=11), 50.0)
