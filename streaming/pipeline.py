@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -100,8 +100,10 @@ class BatchWriter:
         inputs: SilverInputs | None,
         observer: Observer | None = None,
         layers: tuple[str, ...] | None = None,
+        workers: int = len(ENTITIES),
     ) -> None:
-        """`layers`: a subset of the pipeline's own, in order (Silver alone, say, in a test)."""
+        """`layers`: a subset of the pipeline's own, in order (Silver alone, say, in a test);
+        `workers`: how many entities (or Gold tables) are processed side by side (1: in order)."""
         self.pipeline = pipeline
         self.layers = layers or LAYERS[pipeline]
         self.guard = CommitGuard(spark, query_name(pipeline))
@@ -120,7 +122,8 @@ class BatchWriter:
             )
         if "gold" in self.layers:
             self.gold = GoldLayer(spark, config, self.guard)
-        self.threads = ThreadPoolExecutor(max_workers=len(ENTITIES), thread_name_prefix="layer")
+        self.threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layer")
+        self.workers = workers
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
@@ -208,7 +211,7 @@ class BatchWriter:
             if r.fresh is not None
         }
         names = self.gold.tables_for(set(changes))
-        summaries = self._each(names, lambda n: self.gold.apply(n, changes, batch_id))  # type: ignore[union-attr]
+        summaries = self._each(names, lambda n: self.gold.add(n, changes, batch_id))  # type: ignore[union-attr]
         report.gold = {n: s for n, s in zip(names, summaries, strict=True) if s is not None}
 
     def _silver_version(self, spark: SparkSession, entity: str, batch_id: int) -> int:
@@ -222,10 +225,12 @@ class BatchWriter:
         return int(DeltaTable.forPath(spark, path).history(1).first()["version"])  # type: ignore[index]
 
     def _each(self, items: list[str], work: Callable[[str], _T]) -> list[_T]:
-        """`work` on every item side by side; the first failure fails the batch."""
-        if len(items) == 1:
-            return [work(items[0])]
+        """`work` on every item side by side. A failure fails the batch, once every item has
+        ended: none may still be writing, or reading the batch's frames, after it."""
+        if len(items) == 1 or self.workers == 1:
+            return [work(item) for item in items]
         futures = [self.threads.submit(work, item) for item in items]
+        wait(futures)
         return [future.result() for future in futures]
 
 

@@ -77,6 +77,28 @@ class Extension:
 
 
 @dataclass(frozen=True)
+class Additive:
+    """A table kept by partial aggregates, so a batch's Silver rows update it without reading
+    Silver again.
+
+    `partials` maps Silver rows (per source) to partial rows: the key columns and columns that
+    several rows of one key can be combined from (counts, exact sums, minima, maxima, sorted
+    sets of distinct members). `combine` folds any number of partial rows per key into one;
+    `finish` derives the public columns from one partial row per key and keeps the partials
+    as `_` columns. A batch then finishes combine(stored rows' partials + the batch's partials),
+    and a recomputation finishes combine(partials of all of Silver): the same functions, so the
+    two agree exactly.
+    """
+
+    partials: Callable[[Mapping[str, DataFrame]], DataFrame]
+    combine: Callable[[DataFrame], DataFrame]
+    finish: Callable[[DataFrame], DataFrame]
+
+    def build(self, silver: Mapping[str, DataFrame]) -> DataFrame:
+        return self.finish(self.combine(self.partials(silver)))
+
+
+@dataclass(frozen=True)
 class GoldTable:
     """One Gold table: its key, its Silver sources and how to build it.
 
@@ -96,6 +118,7 @@ class GoldTable:
     rolling: bool = False  # demand's 7- and 28-day averages: see with_rolling, refresh_rolling
     hour: str | None = None  # a key column holding the rows' event hour (of the key's `date`)
     extend: Extension | None = None  # only for a table with one Silver source
+    additive: Additive | None = None  # its rows are partial aggregates: see Additive
 
     def __post_init__(self) -> None:
         if self.extend is not None and len(self.sources) != 1:
@@ -131,22 +154,40 @@ def _telemetry_zone_keys() -> dict[str, Column]:
     return {k: F.col(k) for k in DEMAND_KEYS} | {"_date": F.col("date")}
 
 
-def demand_by_zone_hour(silver: Mapping[str, DataFrame]) -> DataFrame:
-    """The seed's demand and supply per zone, vehicle type and hour (rolling averages apart).
+TOTAL = "decimal(28,2)"  # a sum of money
+DISTANCE = "decimal(28,3)"  # a sum of kilometres
 
-    Zones are pickup zones; rows outside every zone are not in this table. Counts and revenue
-    are 0 where only one side has rows; averages stay null where there is nothing to average,
-    and so does utilization_rate where a zone had no vehicles.
+
+def _members(column: str) -> Column:
+    """The distinct values of `column` in a group, sorted: a set that partial rows can merge."""
+    return F.array_sort(F.collect_set(F.col(column)))
+
+
+def _merged(column: str) -> Column:
+    """The union of the member sets of a key's partial rows, sorted."""
+    return F.array_sort(F.array_distinct(F.flatten(F.collect_list(F.col(column)))))
+
+
+def _ratio(total: str, count: str) -> Column:
+    """An exact sum over its count, rounded once (null where there is nothing to average)."""
+    return F.when(F.col(count) > 0, F.round(F.col(total) / F.col(count), 4).cast("double"))
+
+
+def _demand_partials(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Bookings by pickup zone and telemetry by zone, one partial row per key and side.
+
+    Zones are pickup zones; rows outside every zone are not in this table.
     """
-    demand = (
+    bookings = (
         silver["bookings"]
         .where(F.col("pickup_zone_id").isNotNull())
         .groupBy(F.col("pickup_zone_id").alias("zone_id"), "vehicle_type", "date", "hour")
         .agg(
             F.count(F.lit(1)).alias("booking_count"),
-            F.countDistinct("user_id").alias("unique_users"),
-            _avg("trip_duration_minutes").alias("avg_trip_duration"),
-            F.sum(F.col("revenue").cast(MONEY)).alias("total_revenue"),
+            _members("user_id").alias("_users"),
+            F.sum(F.col("trip_duration_minutes").cast(LEVEL)).cast(SUM).alias("_trip_sum"),
+            F.count("trip_duration_minutes").alias("_trip_n"),
+            F.sum(F.col("revenue").cast(MONEY)).cast(TOTAL).alias("total_revenue"),
             F.max("event_timestamp").alias("_booked"),
         )
     )
@@ -155,26 +196,56 @@ def demand_by_zone_hour(silver: Mapping[str, DataFrame]) -> DataFrame:
         .where(F.col("zone_id").isNotNull())
         .groupBy(*DEMAND_KEYS)
         .agg(
-            F.countDistinct("vehicle_id").alias("available_vehicles"),
-            _avg("battery_level").alias("avg_battery_level"),
+            _members("vehicle_id").alias("_vehicles"),
+            F.sum(F.col("battery_level").cast(LEVEL)).cast(SUM).alias("_battery_sum"),
+            F.count("battery_level").alias("_battery_n"),
             F.max("event_timestamp").alias("_seen"),
         )
     )
-    joined = demand.join(supply, list(DEMAND_KEYS), "full_outer")
-    return joined.select(
-        *DEMAND_KEYS,
-        F.coalesce("booking_count", F.lit(0)).alias("booking_count"),
-        F.coalesce("unique_users", F.lit(0)).alias("unique_users"),
-        "avg_trip_duration",
-        F.coalesce("total_revenue", F.lit(0).cast("decimal(28,2)")).alias("total_revenue"),
-        F.coalesce("available_vehicles", F.lit(0)).alias("available_vehicles"),
-        "avg_battery_level",
-        F.when(
-            F.col("available_vehicles") > 0,
-            F.round(F.coalesce("booking_count", F.lit(0)) * 100.0 / F.col("available_vehicles"), 4),
-        ).alias("utilization_rate"),
-        F.greatest("_booked", "_seen").alias("last_event_time"),
+    return bookings.unionByName(supply, allowMissingColumns=True)
+
+
+def _demand_combine(partials: DataFrame) -> DataFrame:
+    return partials.groupBy(*DEMAND_KEYS).agg(
+        F.coalesce(F.sum("booking_count"), F.lit(0)).cast("long").alias("booking_count"),
+        _merged("_users").alias("_users"),
+        F.sum("_trip_sum").cast(SUM).alias("_trip_sum"),
+        F.coalesce(F.sum("_trip_n"), F.lit(0)).cast("long").alias("_trip_n"),
+        F.sum("total_revenue").cast(TOTAL).alias("total_revenue"),
+        F.max("_booked").alias("_booked"),
+        _merged("_vehicles").alias("_vehicles"),
+        F.sum("_battery_sum").cast(SUM).alias("_battery_sum"),
+        F.coalesce(F.sum("_battery_n"), F.lit(0)).cast("long").alias("_battery_n"),
+        F.max("_seen").alias("_seen"),
     )
+
+
+def _demand_finish(partials: DataFrame) -> DataFrame:
+    """The seed's demand and supply per zone, vehicle type and hour (rolling averages apart).
+
+    Counts and revenue are 0 where only one side has rows; averages stay null where there is
+    nothing to average, and so does utilization_rate where a zone had no vehicles.
+    """
+    vehicles = F.size("_vehicles")
+    return partials.select(
+        *DEMAND_KEYS,
+        "booking_count",
+        F.size("_users").cast("long").alias("unique_users"),
+        _ratio("_trip_sum", "_trip_n").alias("avg_trip_duration"),
+        F.coalesce("total_revenue", F.lit(0).cast(TOTAL)).alias("total_revenue"),
+        vehicles.cast("long").alias("available_vehicles"),
+        _ratio("_battery_sum", "_battery_n").alias("avg_battery_level"),
+        F.when(vehicles > 0, F.round(F.col("booking_count") * 100.0 / vehicles, 4)).alias(
+            "utilization_rate"
+        ),
+        F.greatest("_booked", "_seen").alias("last_event_time"),
+        *_DEMAND_PARTIALS,
+    )
+
+
+_DEMAND_PARTIALS: tuple[str, ...] = ("_users", "_trip_sum", "_trip_n", "_booked", "_vehicles")
+_DEMAND_PARTIALS += ("_battery_sum", "_battery_n", "_seen")
+DEMAND = Additive(_demand_partials, _demand_combine, _demand_finish)
 
 
 def _rolling_column(days: int) -> Column:
@@ -189,9 +260,11 @@ def _rolling_column(days: int) -> Column:
 
 def with_rolling(rows: DataFrame) -> DataFrame:
     """Add booking_count_7d_avg and _28d_avg (before utilization_rate, in the table's order)."""
-    columns = [c for c in rows.columns if c not in ("utilization_rate", "last_event_time")]
+    tail = ("utilization_rate", "last_event_time")
+    public = [c for c in rows.columns if not c.startswith("_") and c not in tail]
+    partials = [c for c in rows.columns if c.startswith("_")]
     averages = [_rolling_column(d).alias(f"booking_count_{d}d_avg") for d in ROLLING_DAYS]
-    return rows.select(*columns, *averages, "utilization_rate", "last_event_time")
+    return rows.select(*public, *averages, *tail, *partials)
 
 
 def refresh_rolling(fresh: DataFrame, touched: DataFrame, gold: DataFrame) -> DataFrame:
@@ -230,58 +303,105 @@ def _in_trip() -> Column:
     return F.col("status").isin(*IN_TRIP)
 
 
-def vehicle_utilization_daily(silver: Mapping[str, DataFrame]) -> DataFrame:
-    """Per vehicle and day, from bookings: trips (completed or in progress), minutes in use,
-    distance, revenue, and utilisation = minutes in use / 1440."""
+UTILIZATION_KEYS = ("vehicle_id", "date")
+
+
+def _utilization_partials(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Per vehicle and day, from bookings: trips (completed or in progress), cancellations,
+    minutes in use, distance, revenue."""
     trip = _in_trip()
     return (
         silver["bookings"]
-        .groupBy("vehicle_id", "date")
+        .groupBy(*UTILIZATION_KEYS)
         .agg(
             F.max("vehicle_type").alias("vehicle_type"),
             F.count(F.when(trip, 1)).alias("trips"),
             F.count(F.when(F.col("status") == "cancelled", 1)).alias("cancelled"),
-            F.coalesce(
-                F.sum(F.when(trip, F.col("trip_duration_minutes").cast(MONEY))),
-                F.lit(0).cast("decimal(28,2)"),
-            ).alias("minutes_in_use"),
-            F.sum(F.col("distance_km").cast("decimal(18,3)")).alias("distance_km"),
-            F.sum(F.col("revenue").cast(MONEY)).alias("revenue"),
+            F.sum(F.when(trip, F.col("trip_duration_minutes").cast(MONEY)))
+            .cast(TOTAL)
+            .alias("minutes_in_use"),
+            F.sum(F.col("distance_km").cast("decimal(18,3)")).cast(DISTANCE).alias("distance_km"),
+            F.sum(F.col("revenue").cast(MONEY)).cast(TOTAL).alias("revenue"),
             F.max("event_timestamp").alias("last_event_time"),
         )
-        .withColumn(
-            "utilization_pct",
-            F.round(F.col("minutes_in_use").cast("double") * 100.0 / 1440.0, 4),
-        )
-        .select(*UTILIZATION_COLUMNS)
     )
 
 
-def revenue_by_vehicle_type_daily(silver: Mapping[str, DataFrame]) -> DataFrame:
+def _utilization_combine(partials: DataFrame) -> DataFrame:
+    return partials.groupBy(*UTILIZATION_KEYS).agg(
+        F.max("vehicle_type").alias("vehicle_type"),
+        F.sum("trips").cast("long").alias("trips"),
+        F.sum("cancelled").cast("long").alias("cancelled"),
+        F.sum("minutes_in_use").cast(TOTAL).alias("minutes_in_use"),
+        F.sum("distance_km").cast(DISTANCE).alias("distance_km"),
+        F.sum("revenue").cast(TOTAL).alias("revenue"),
+        F.max("last_event_time").alias("last_event_time"),
+    )
+
+
+def _utilization_finish(partials: DataFrame) -> DataFrame:
+    """Utilisation = minutes in use / 1440."""
+    minutes = F.coalesce("minutes_in_use", F.lit(0).cast(TOTAL))
+    return partials.withColumns(
+        {
+            "minutes_in_use": minutes,
+            "utilization_pct": F.round(minutes.cast("double") * 100.0 / 1440.0, 4),
+        }
+    ).select(*UTILIZATION_COLUMNS)
+
+
+UTILIZATION = Additive(_utilization_partials, _utilization_combine, _utilization_finish)
+REVENUE_KEYS = ("vehicle_type", "date")
+
+
+def _revenue_partials(silver: Mapping[str, DataFrame]) -> DataFrame:
     """Per vehicle type and day: bookings, trips, cancellations, revenue, distance, reach."""
-    completed = F.col("status") == "completed"
     return (
         silver["bookings"]
-        .groupBy("vehicle_type", "date")
+        .groupBy(*REVENUE_KEYS)
         .agg(
             F.count(F.lit(1)).alias("bookings"),
-            F.count(F.when(completed, 1)).alias("completed_trips"),
+            F.count(F.when(F.col("status") == "completed", 1)).alias("completed_trips"),
             F.count(F.when(F.col("status") == "cancelled", 1)).alias("cancelled_bookings"),
-            F.sum(F.col("revenue").cast(MONEY)).alias("total_revenue"),
-            F.sum(F.col("distance_km").cast("decimal(18,3)")).alias("total_distance_km"),
-            F.countDistinct("user_id").alias("unique_users"),
-            F.countDistinct("vehicle_id").alias("active_vehicles"),
+            F.sum(F.col("revenue").cast(MONEY)).cast(TOTAL).alias("total_revenue"),
+            F.sum(F.col("distance_km").cast("decimal(18,3)"))
+            .cast(DISTANCE)
+            .alias("total_distance_km"),
+            _members("user_id").alias("_users"),
+            _members("vehicle_id").alias("_vehicles"),
             F.max("event_timestamp").alias("last_event_time"),
         )
-        .withColumn(
-            "avg_revenue_per_trip",
-            F.when(
+    )
+
+
+def _revenue_combine(partials: DataFrame) -> DataFrame:
+    return partials.groupBy(*REVENUE_KEYS).agg(
+        *[
+            F.sum(c).cast("long").alias(c)
+            for c in ("bookings", "completed_trips", "cancelled_bookings")
+        ],
+        F.sum("total_revenue").cast(TOTAL).alias("total_revenue"),
+        F.sum("total_distance_km").cast(DISTANCE).alias("total_distance_km"),
+        _merged("_users").alias("_users"),
+        _merged("_vehicles").alias("_vehicles"),
+        F.max("last_event_time").alias("last_event_time"),
+    )
+
+
+def _revenue_finish(partials: DataFrame) -> DataFrame:
+    return partials.withColumns(
+        {
+            "unique_users": F.size("_users").cast("long"),
+            "active_vehicles": F.size("_vehicles").cast("long"),
+            "avg_revenue_per_trip": F.when(
                 F.col("completed_trips") > 0,
                 F.round(F.col("total_revenue") / F.col("completed_trips"), 4).cast("double"),
             ),
-        )
-        .select(*REVENUE_COLUMNS)
-    )
+        }
+    ).select(*REVENUE_COLUMNS, "_users", "_vehicles")
+
+
+REVENUE = Additive(_revenue_partials, _revenue_combine, _revenue_finish)
 
 
 # battery_health_metrics_weekly ----------------------------------------------------------------
@@ -483,22 +603,12 @@ def _session_keys() -> dict[str, Column]:
     return {"session_id": F.col("session_id"), "_date": F.col("date")}
 
 
-def customer_journey_events(silver: Mapping[str, DataFrame]) -> DataFrame:
-    """Per app session: the user's token, funnel steps in event order, conversion, time to book.
+_STEP = ("event_timestamp", "_kafka_partition", "_kafka_offset", "event_id", "event_type")
 
-    The user is identified by the HMAC token of their email (Silver's `email_token`), never in
-    clear. A session converts when it reaches `payment`; time to book runs from its first event.
-    """
-    funnel = F.array(*[F.lit(step) for step in FUNNEL])
-    # Events of one instant keep their Kafka order (a user's events share a partition).
-    ordered = F.sort_array(
-        F.collect_list(
-            F.struct(
-                "event_timestamp", "_kafka_partition", "_kafka_offset", "event_id", "event_type"
-            )
-        )
-    )
-    booked = F.min(F.when(F.col("event_type") == "payment", F.col("event_timestamp")))
+
+def _journey_partials(silver: Mapping[str, DataFrame]) -> DataFrame:
+    """Per app session: its user's token, first and last event, its steps in event order (events
+    of one instant keep their Kafka order: a user's events share a partition), first payment."""
     return (
         silver["user_events"]
         .groupBy("session_id")
@@ -506,27 +616,49 @@ def customer_journey_events(silver: Mapping[str, DataFrame]) -> DataFrame:
             F.min("email_token").alias("user_token"),
             F.min("event_timestamp").alias("session_start"),
             F.max("event_timestamp").alias("session_end"),
-            ordered.alias("_ordered"),
-            booked.alias("_booked_at"),
-        )
-        .select(
-            "session_id",
-            F.to_date("session_start").alias("date"),
-            "user_token",
-            "session_start",
-            "session_end",
-            F.transform("_ordered", lambda step: step["event_type"]).alias("steps"),
-            F.size("_ordered").alias("step_count"),
-            F.array_max(
-                F.transform("_ordered", lambda step: F.array_position(funnel, step["event_type"]))
-            ).alias("funnel_depth"),
-            F.col("_booked_at").isNotNull().alias("converted"),
-            _seconds_between(F.col("session_start"), F.col("_booked_at")).alias(
-                "time_to_book_seconds"
+            F.sort_array(F.collect_list(F.struct(*_STEP))).alias("_ordered"),
+            F.min(F.when(F.col("event_type") == "payment", F.col("event_timestamp"))).alias(
+                "_booked_at"
             ),
-            F.col("session_end").alias("last_event_time"),
         )
     )
+
+
+def _journey_combine(partials: DataFrame) -> DataFrame:
+    return partials.groupBy("session_id").agg(
+        F.min("user_token").alias("user_token"),
+        F.min("session_start").alias("session_start"),
+        F.max("session_end").alias("session_end"),
+        F.sort_array(F.flatten(F.collect_list("_ordered"))).alias("_ordered"),
+        F.min("_booked_at").alias("_booked_at"),
+    )
+
+
+def _journey_finish(partials: DataFrame) -> DataFrame:
+    """The user is identified by the HMAC token of their email (Silver's `email_token`), never in
+    clear. A session converts when it reaches `payment`; time to book runs from its first event.
+    """
+    funnel = F.array(*[F.lit(step) for step in FUNNEL])
+    return partials.select(
+        "session_id",
+        F.to_date("session_start").alias("date"),
+        "user_token",
+        "session_start",
+        "session_end",
+        F.transform("_ordered", lambda step: step["event_type"]).alias("steps"),
+        F.size("_ordered").alias("step_count"),
+        F.array_max(
+            F.transform("_ordered", lambda step: F.array_position(funnel, step["event_type"]))
+        ).alias("funnel_depth"),
+        F.col("_booked_at").isNotNull().alias("converted"),
+        _seconds_between(F.col("session_start"), F.col("_booked_at")).alias("time_to_book_seconds"),
+        F.col("session_end").alias("last_event_time"),
+        "_ordered",
+        "_booked_at",
+    )
+
+
+JOURNEYS = Additive(_journey_partials, _journey_combine, _journey_finish)
 
 
 TABLES: dict[str, GoldTable] = {
@@ -536,26 +668,29 @@ TABLES: dict[str, GoldTable] = {
             "demand_by_zone_hour",
             DEMAND_KEYS,
             {"bookings": _booking_zone_keys, "telemetry": _telemetry_zone_keys},
-            demand_by_zone_hour,
+            DEMAND.build,
             partition_by=("date",),
             prune="date",
             rolling=True,
             hour="hour",
+            additive=DEMAND,
         ),
         GoldTable(
             "vehicle_utilization_daily",
             ("vehicle_id", "date"),
             {"bookings": _booking_keys("vehicle_id", "date")},
-            vehicle_utilization_daily,
+            UTILIZATION.build,
             partition_by=("date",),
             prune="date",
+            additive=UTILIZATION,
         ),
         GoldTable(
             "revenue_by_vehicle_type_daily",
             ("vehicle_type", "date"),
             {"bookings": _booking_keys("vehicle_type", "date")},
-            revenue_by_vehicle_type_daily,
+            REVENUE.build,
             prune="date",
+            additive=REVENUE,
         ),
         GoldTable(
             "battery_health_metrics_weekly",
@@ -571,8 +706,9 @@ TABLES: dict[str, GoldTable] = {
             "customer_journey_events",
             ("session_id",),
             {"user_events": _session_keys},
-            customer_journey_events,
+            JOURNEYS.build,
             span=(-1, 1),  # a session may cross midnight; sessions are shorter than a day
+            additive=JOURNEYS,
         ),
     )
 }

@@ -83,9 +83,21 @@ class GoldLayer:
         """The Gold tables that rows of `entities` touch."""
         return [n for n, w in self.writers.items() if entities & set(w.table.sources)]
 
+    def add(self, name: str, fresh: dict[str, DataFrame], batch_id: int) -> dict[str, Any] | None:
+        """A batch's fresh Silver rows (inserts, stamped with their Silver version) into one
+        table: additively where the table is kept by partials, else through its touched keys."""
+        writer = self.writers[name]
+        if writer.table.additive is not None:
+            return writer.add(
+                {e: f for e, f in fresh.items() if e in writer.table.sources}, batch_id
+            )
+        return self.apply(name, fresh, batch_id)
+
     def apply(
         self, name: str, changes: dict[str, DataFrame], batch_id: int
     ) -> dict[str, Any] | None:
+        """Changes of any type (a deletion's too) into one table, by rebuilding the keys they
+        touch from Silver (and extending where the table allows)."""
         writer = self.writers[name]
         keys = touched_keys(writer.table, changes)
         return writer.apply(keys, batch_id) if keys is not None else None

@@ -82,6 +82,43 @@ class GoldWriter:
         plan = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
         if version is not None:
             plan = plan.withColumn(SILVER_VERSION, F.lit(version).cast("long"))
+        return self._commit(plan, batch_id, started)
+
+    def add(self, fresh: Mapping[str, DataFrame], batch_id: int) -> dict[str, Any] | None:
+        """An additive table: the batch's partial aggregates combined with the stored rows of
+        the keys they touch, MERGEd. Reads no Silver (and, for demand, only the Gold rows that
+        the touched keys' rolling windows span)."""
+        additive = self.table.additive
+        assert additive is not None
+        if self.guard.committed(self.path, batch_id) is not None:
+            return None
+        started = time.monotonic()
+        spark = next(iter(fresh.values())).sparkSession
+        keys = list(self.table.keys)
+        sources = {
+            entity: fresh[entity] if entity in fresh else self._no_rows(spark, entity)
+            for entity in self.table.sources
+        }
+        new = additive.partials(sources).localCheckpoint()
+        touched = new.select(*keys).distinct().localCheckpoint()
+        gold = spark.read.format("delta").load(self.path).drop(UPDATED_AT)
+        stored = gold
+        if self.table.prune:  # only the partitions of the touched keys
+            values = [r[0] for r in touched.select(self.table.prune).distinct().collect()]
+            stored = stored.where(F.col(self.table.prune).isin(values))
+        stored = stored.join(F.broadcast(touched), keys, "left_semi").select(*new.columns)
+        rows = additive.finish(additive.combine(stored.unionByName(new)))
+        if self.table.rolling:
+            rows = refresh_rolling(rows, touched, gold)
+        plan = _present(rows).withColumn(_GROWN, F.lit(False))
+        return self._commit(plan, batch_id, started)
+
+    def _no_rows(self, spark: SparkSession, entity: str) -> DataFrame:
+        return spark.read.format("delta").load(self.silver_paths[entity]).limit(0)
+
+    def _commit(self, plan: DataFrame, batch_id: int, started: float) -> dict[str, Any] | None:
+        """MERGE the plan (one commit, through the guard); its summary."""
+        spark = plan.sparkSession
         plan = plan.localCheckpoint()
         prune = F.collect_set(self.table.prune) if self.table.prune else F.lit(None)
         stats = plan.agg(
