@@ -102,6 +102,10 @@ def session_conf(config: Config) -> dict[str, str]:
         # Every MERGE source here is already materialised (localCheckpoint) before the MERGE:
         # Delta's own copy of it would be a second, redundant job per MERGE.
         "spark.databricks.delta.merge.materializeSource": "none",
+        # Gold's plans union stored and new partial rows several times over; constraint
+        # propagation over them failed in the optimizer (`key not found` in a Union's
+        # constraints) and only costs planning time on plans this size.
+        "spark.sql.constraintPropagation.enabled": "false",
     }
     if not submitted():  # under spark-submit, its --master, --driver-memory and --jars rule
         conf["spark.master"] = config.spark.master
