@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-RATE   ?= 5000
+RATE   ?= 2000
 export LAKEHOUSE_KAFKA_DIR ?= $(CURDIR)/.kafka
 export LAKEHOUSE_S3_DIR ?= $(CURDIR)/.s3
 # A development-only key so `make run` works out of the box; production sets its own secret.

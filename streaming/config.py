@@ -180,6 +180,7 @@ class Config:
     stream: StreamConfig
     spark: SparkConfig
     metrics_port: int
+    spark_log: Path = Path("logs") / "spark.log"
     pii_key: Secret | None = None
     geofences_file: Path = PROJECT_DIR / "data" / "nyc" / "taxi_zones.geojson"
     schemas_dir: Path = PROJECT_DIR / "schemas"
@@ -208,7 +209,7 @@ class Config:
         return f"{self.root.rstrip('/')}/{layer}/{table}"
 
     def checkpoint_path(self, query_name: str) -> str:
-        """`bronze.telemetry` -> `<checkpoints>/bronze/telemetry`: one checkpoint per query."""
+        """`pipeline.all` -> `<checkpoints>/pipeline/all`: one checkpoint per query."""
         layer, _, table = query_name.partition(".")
         return f"{self.checkpoints.rstrip('/')}/{layer}/{table}"
 
@@ -303,6 +304,9 @@ def load_config(
         stream=stream,
         spark=spark,
         metrics_port=settings.integer("LAKEHOUSE_METRICS_PORT", ("metrics_port",), 9464),
+        spark_log=Path(settings.text("LAKEHOUSE_SPARK_LOG", ("spark_log",), "logs/spark.log"))
+        .expanduser()
+        .resolve(),
         pii_key=Secret(pii)
         if (pii := settings.text("LAKEHOUSE_PII_KEY", ("pii_key",), ""))
         else None,

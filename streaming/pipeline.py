@@ -35,6 +35,7 @@ from streaming.frames import HeldFrames
 from streaming.gold.query import GoldLayer, as_inserts
 from streaming.silver.query import SilverInputs, silver_writers
 from streaming.silver.watermarks import WatermarkStore
+from streaming.spark import PIPELINE_POOL, POOL_PROPERTY, stream_writer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -122,7 +123,14 @@ class BatchWriter:
             )
         if "gold" in self.layers:
             self.gold = GoldLayer(spark, config, self.guard)
-        self.threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layer")
+        self.threads = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="layer",
+            # A thread's jobs go to its scheduler pool, a thread-local property: the query's
+            # own thread has the pipeline's, which new threads do not inherit.
+            initializer=spark.sparkContext.setLocalProperty,
+            initargs=(POOL_PROPERTY, PIPELINE_POOL),
+        )
         self.workers = workers
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -271,8 +279,6 @@ def start(
     observer: Observer | None = None,
 ) -> StreamingQuery:
     """Create every table of the pipeline's layers, then start its one query."""
-    from streaming.spark import stream_writer
-
     if "bronze" not in LAYERS[pipeline]:
         for entity in ENTITIES:  # refine reads Bronze: an empty table is a quiet topic
             bronze.ensure_bronze_table(spark, config, entity)

@@ -58,6 +58,7 @@ def run(config: Config, name: str, once: bool) -> None:
 
 def _run(config: Config, plan: Plan, once: bool) -> None:
     spark = build_spark(config, app_name=f"lakehouse-{plan.pipeline}")
+    log.info("Spark's own log: %s", config.spark_log)
     metrics = PipelineMetrics()
     metrics.serve(config.metrics_port)
     listener = ProgressListener(metrics)

@@ -22,6 +22,7 @@ from streaming.s3 import storage as s3_storage
 LOG4J = Path(__file__).resolve().parent / "log4j2.properties"
 POOLS = Path(__file__).resolve().parent / "fairscheduler.xml"
 POOL_PROPERTY = "spark.scheduler.pool"
+PIPELINE_POOL = "pipeline"  # fairscheduler.xml
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -62,10 +63,8 @@ def session_conf(config: Config) -> dict[str, str]:
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
         "spark.kryo.registrator": "org.apache.sedona.core.serde.SedonaKryoRegistrator",
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
-        # Many queries share one application: FAIR scheduling between one pool per layer, with
-        # Bronze first (fairscheduler.xml), so a pending Bronze task gets the next free core
-        # rather than queueing behind Silver's and Gold's stages (running tasks are not
-        # preempted: Silver's batch bound keeps its tasks short, see silver/query.py).
+        # A batch's layer threads submit jobs side by side: FAIR scheduling inside the
+        # pipeline's pool (fairscheduler.xml) lets them share the cores.
         "spark.scheduler.mode": "FAIR",
         "spark.scheduler.allocation.file": package_file(POOLS),
         "spark.sql.session.timeZone": "UTC",
@@ -73,7 +72,8 @@ def session_conf(config: Config) -> dict[str, str]:
         # over the Python error text, which overflowed the default 1 MB thread stack (a
         # StackOverflowError and a thousand-line JVM trace on a Ctrl-C that caught a batch).
         "spark.driver.extraJavaOptions": (
-            f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={package_file(LOG4J)}"
+            f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={package_file(LOG4J)} "
+            f"-Dlakehouse.spark.log={config.spark_log}"
         ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
@@ -133,13 +133,11 @@ def package_file(path: Path) -> str:
 
 
 def stream_writer(frame: DataFrame, name: str, config: Config, once: bool) -> DataStreamWriter:
-    """The writer of the named query `<layer>.<table>`: its own checkpoint, the configured
-    trigger (`once`: process what is available now, then stop), and its layer's scheduler pool.
-
-    The pool is a local property of the calling thread, which the query's own thread takes over
-    when it starts: call `start()` on the returned writer before starting another layer's query.
+    """The writer of the named query `pipeline.<name>`: its own checkpoint, the configured
+    trigger (`once`: process what is available now, then stop), and the pipeline's scheduler pool
+    (a local property of the calling thread, which the query's own thread takes over).
     """
-    frame.sparkSession.sparkContext.setLocalProperty(POOL_PROPERTY, name.split(".")[0])
+    frame.sparkSession.sparkContext.setLocalProperty(POOL_PROPERTY, PIPELINE_POOL)
     writer = frame.writeStream.queryName(name).option(
         "checkpointLocation", config.checkpoint_path(name)
     )

@@ -59,45 +59,31 @@ def test_stopping_a_query_mid_batch_prints_no_jvm_trace(tmp_path: Path) -> None:
         assert marker not in result.stderr, result.stderr[:2000]
 
 
-def test_each_layer_runs_its_jobs_in_its_own_scheduler_pool_with_bronze_first(
-    spark, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    """Without a pool per layer every query shares one FIFO pool: a long Silver stage then
-    holds every core while Bronze's batches queue behind it, and ingestion falls behind."""
+def test_the_pipeline_runs_its_jobs_in_its_fair_scheduler_pool(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A batch's layer threads submit jobs side by side: in the default FIFO pool one job's
+    tasks would hold every core until it ends."""
     from streaming.config import load_config
     from streaming.spark import POOL_PROPERTY, stream_writer
 
     config = load_config({**lake_env(tmp_path, "127.0.0.1:1", "unused."),
                           "LAKEHOUSE_TRIGGER_INTERVAL": "1 second"})  # fmt: skip
-    seen: dict[str, set[str | None]] = {"bronze.rates": set(), "silver.rates": set()}
+    seen: set[str | None] = set()
 
-    def recorder(name: str):  # type: ignore[no-untyped-def]
-        def batch(frame, batch_id: int) -> None:  # type: ignore[no-untyped-def]
-            seen[name].add(frame.sparkSession.sparkContext.getLocalProperty(POOL_PROPERTY))
-            frame.count()  # a job of the query's own thread
-
-        return batch
+    def batch(frame, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+        seen.add(frame.sparkSession.sparkContext.getLocalProperty(POOL_PROPERTY))
+        frame.count()  # a job of the query's own thread
 
     source = spark.readStream.format("rate").option("rowsPerSecond", 10).load()
-    queries = [
-        stream_writer(source, name, config, once=False).foreachBatch(recorder(name)).start()
-        for name in seen
-    ]
+    query = stream_writer(source, "pipeline.rates", config, once=False).foreachBatch(batch).start()
     try:
         deadline = time.monotonic() + 120
-        while any(len(pools) == 0 for pools in seen.values()) and time.monotonic() < deadline:
+        while not seen and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
-        for query in queries:
-            query.stop()
-    assert seen == {"bronze.rates": {"bronze"}, "silver.rates": {"silver"}}
-    scheduler = spark.sparkContext._jsc.sc()
-    pools = {name: scheduler.getPoolForName(name) for name in ("bronze", "silver", "gold")}
-    weights = {
-        name: (pool.get().weight(), pool.get().minShare()) if pool.isDefined() else None
-        for name, pool in pools.items()
-    }
-    assert weights == {"bronze": (4, 2), "silver": (1, 0), "gold": (1, 0)}
+        query.stop()
+    assert seen == {"pipeline"}
+    pool = spark.sparkContext._jsc.sc().getPoolForName("pipeline")
+    assert pool.isDefined() and str(pool.get().schedulingMode()) == "FAIR"
 
 
 def test_the_scheduler_pools_are_a_real_file_when_the_package_is_a_zip(tmp_path: Path) -> None:
