@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -12,25 +11,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 # Readers outside Spark (delta-rs, DuckDB through Arrow) must read every table: keep to table
-# features they support. The change data feed lets Gold follow MERGEs and DELETEs in Silver.
-CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
-_TXN_APP, _TXN_VERSION = (
-    "spark.databricks.delta.write.txnAppId",
-    "spark.databricks.delta.write.txnVersion",
-)
-
-
-@contextmanager
-def idempotent(spark: SparkSession, app_id: str, batch_id: int) -> Iterator[None]:
-    """Every Delta write inside carries (app id, batch id): Delta skips a write it has already
-    committed for that pair, so a replayed foreachBatch changes nothing."""
-    spark.conf.set(_TXN_APP, app_id)
-    spark.conf.set(_TXN_VERSION, str(batch_id))
-    try:
-        yield
-    finally:
-        spark.conf.unset(_TXN_APP)
-        spark.conf.unset(_TXN_VERSION)
+# features they support.
 
 
 def ensure_table(

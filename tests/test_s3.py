@@ -145,7 +145,7 @@ def test_cli_status_and_make_bucket(s3_env) -> None:
     ids=["wrong-secret", "missing-bucket", "unreachable-endpoint"],
 )
 def test_bad_s3_settings_fail_with_one_clear_line(s3_env, overrides, exit_code, phrases) -> None:
-    env = {**os.environ, **_on_s3(s3_env), **overrides}
+    env = {**os.environ, **_on_s3(s3_env), "LAKEHOUSE_PII_KEY": PII_KEY, **overrides}
     result = lakehouse("run", "refine", "--once", env=env, timeout=120)
     one_clear_line(result, exit_code, *phrases)
     assert SECRET not in result.stderr and "wrong-secret" not in result.stderr

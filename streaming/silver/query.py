@@ -62,11 +62,11 @@ def writer_for(
     zones = fences if fences is not None else _geofences(spark, config, inputs.zones)
     if pads is None:
         pads = pads_frame(spark, config.require_pii_key()).cache()
-    contract = inputs.contracts[entity]
-    paths = SilverPaths.of(config, entity)
-    bronze.ensure_bronze_table(spark, config, entity)
-    _ensure_outputs(spark, contract, paths, zones, pads)
-    return SilverWriter(contract, paths, zones, pads, guard)
+    writer = SilverWriter(
+        inputs.contracts[entity], SilverPaths.of(config, entity), zones, pads, guard
+    )
+    _ensure_outputs(spark, writer)
+    return writer
 
 
 def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> Geofences:
@@ -78,13 +78,12 @@ def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> Geofen
     return read_geofences(spark, path).cache()
 
 
-def _ensure_outputs(
-    spark: SparkSession, contract: Contract, paths: SilverPaths, zones: Geofences, pads: DataFrame
-) -> None:
+def _ensure_outputs(spark: SparkSession, writer: SilverWriter) -> None:
     """Create every output table (empty) so readers and Gold's rebuilds always find them."""
+    contract, paths = writer.contract, writer.paths
     empty = bronze.to_bronze(spark.createDataFrame([], bronze.KAFKA_SCHEMA))
-    rows = transform.validate(empty, contract)
-    fresh = transform.enrich(rows, contract, zones, pads)
+    rows = writer.validate(empty)
+    fresh = transform.enrich(rows, contract, writer.zones, writer.pads)
     ensure_table(spark, paths.silver, transform.silver_rows(fresh, 0).schema, contract.partition_by)
     ensure_table(spark, paths.quarantine, transform.quarantine_rows(rows, 0).schema)
     if contract.entity == "telemetry":

@@ -82,7 +82,7 @@ class SilverWriter:
         self.zones = zones
         self.pads = pads
         self.guard = guard
-        self._validate = transform.validator(contract)
+        self.validate = transform.validator(contract)
 
     @property
     def entity(self) -> str:
@@ -97,7 +97,7 @@ class SilverWriter:
     ) -> SilverResult:
         """Judge, deduplicate and write one batch; `watermark` is the one before the batch."""
         spark = bronze_rows.sparkSession
-        rows = held.keep(self._validate(bronze_rows))
+        rows = held.keep(self.validate(bronze_rows))
         scan = _scan(rows, self.contract, watermark)
         if scan.fatal:
             self._fail_on_fatal(rows, batch_id)
