@@ -10,7 +10,7 @@ export LAKEHOUSE_S3_DIR ?= $(CURDIR)/.s3
 export LAKEHOUSE_PII_KEY ?= local-development-only-pii-key
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop test lint bench clean
+.PHONY: help setup run stop test test-fast lint bench clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,8 +40,11 @@ run: setup ## local broker + fleet simulator on every topic + the streams (Ctrl-
 stop: ## stop the local broker
 	@$(BIN)/lakehouse kafka stop
 
-test: setup ## the whole suite against the real broker and Spark
-	$(BIN)/pytest
+test: setup ## the whole suite: unit, integration and end-to-end (what CI runs)
+	$(BIN)/pytest tests/unit tests/integration tests/e2e
+
+test-fast: setup ## unit and integration tiers only, for the edit-test loop
+	$(BIN)/pytest tests/unit tests/integration
 
 bench: setup ## the benchmark on the local broker (BENCH="--quick" or any `lakehouse bench` flags)
 	@$(BIN)/lakehouse kafka start

@@ -90,7 +90,8 @@ class KafkaConfig:
             )
             password = self.sasl_password.reveal() if self.sasl_password else ""
             options["kafka.sasl.jaas.config"] = (
-                f'{module} required username="{self.sasl_username}" password="{password}";'
+                f"{module} required username={_jaas_quoted(self.sasl_username or '')} "
+                f"password={_jaas_quoted(password)};"
             )
         if self.ssl_ca_location:  # a PEM bundle, the same file librdkafka reads
             options["kafka.ssl.truststore.type"] = "PEM"
@@ -212,6 +213,12 @@ class Config:
         """`pipeline.all` -> `<checkpoints>/pipeline/all`: one checkpoint per query."""
         layer, _, table = query_name.partition(".")
         return f"{self.checkpoints.rstrip('/')}/{layer}/{table}"
+
+
+def _jaas_quoted(value: str) -> str:
+    """A JAAS option value in double quotes: Kafka's parser reads backslash escapes there, so a
+    quote or backslash in a password must be escaped, or it ends (or bends) the value."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def load_config(

@@ -15,7 +15,7 @@ import yaml
 from streaming.cli import _parser
 from streaming.metrics import PipelineMetrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 OURS = {name: s for name, s in SERVICES.items() if s.get("image", "").startswith("lakehouse")}

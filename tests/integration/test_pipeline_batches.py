@@ -45,10 +45,10 @@ def kafka_batches(spark):  # type: ignore[no-untyped-def]
         return spark.createDataFrame(rows, bronze.KAFKA_SCHEMA).localCheckpoint()
 
     clean = MessageStream("all", seed=3, vehicles=5_000)
-    first = clean.next_chunk(300, NOW)
+    first = clean.next_chunk(200, NOW)
     messy = MessageStream("all", duplicates=0.1, malformed=0.1, late=0.05, seed=4, vehicles=5_000)
     messy._recent = {e: [m for m in first if m.entity == e] for e in ENTITIES}  # later copies
-    second = messy.next_chunk(300, NOW)
+    second = messy.next_chunk(200, NOW)
     assert {m.entity for m in first} == set(ENTITIES)
     assert not any(m.kind != "valid" for m in first)
     assert {"duplicate", "late"} <= {m.kind for m in second}
@@ -120,12 +120,12 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
 
     config = lake(tmp_path / "crashed")
     # The batch without duplicates dies after each of its writes in turn (issue: its replay
-    # must not take its own Silver rows for duplicates); the messy one after every third.
+    # must not take its own Silver rows for duplicates); the messy one after every fourth.
     crashes = _crash_after_each_write(monkeypatch, every=1)
     _until_it_passes(spark, config, batches[0], 0)
     first = list(crashes)
     monkeypatch.undo()
-    crashes = _crash_after_each_write(monkeypatch, every=3)
+    crashes = _crash_after_each_write(monkeypatch, every=4)
     _until_it_passes(spark, config, batches[1], 1)
 
     crashed_after = {c.split(" after ")[1] for c in first}
