@@ -215,10 +215,12 @@ def test_live_heap_that_levels_off_is_level_and_one_that_keeps_growing_grows() -
 def test_the_live_heap_of_a_real_jvm_grows_with_what_it_holds_and_not_with_garbage(
     spark: SparkSession,
 ) -> None:
-    jvm = next(p.pid for p in process_tree(os.getpid()) if kind_of(p, os.getpid()) == "jvm")
-    before = memory.live_heap_mb(jvm)
     java = spark.sparkContext._jvm
     assert java is not None
+    # Spark's own JVM: the suite's Kafka broker is a JVM child of this process too.
+    jvm = int(java.java.lang.ProcessHandle.current().pid())
+    assert jvm in [p.pid for p in process_tree(os.getpid()) if kind_of(p, os.getpid()) == "jvm"]
+    before = memory.live_heap_mb(jvm)
     held = java.java.util.concurrent.atomic.AtomicReference()
     held.set(java.java.nio.ByteBuffer.allocate(96 * 2**20))
     spark.range(200_000).selectExpr("repeat('x', 100) AS garbage").collect()

@@ -132,7 +132,7 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
     every_table = {f"{layer}/{e}" for layer in ("bronze", "silver") for e in ENTITIES}
     every_table |= {"silver/vehicle_state"} | {f"gold/{t}" for t in TABLES}
     assert crashed_after == every_table  # no quarantine: nothing in batch 0 is rejected
-    assert len(crashes) >= 5, crashes
+    assert len(crashes) >= 3, crashes  # 13-17 writes, a crash after every fourth
     replayed = tables(spark, config)
     assert set(replayed) == set(expected)
     for name, frame in replayed.items():
