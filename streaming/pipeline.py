@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -213,8 +214,12 @@ class BatchWriter:
         self, spark: SparkSession, results: list[SilverResult], batch_id: int, report: BatchReport
     ) -> None:
         assert self.gold is not None
+        versioned = self.gold.extended_sources()  # only an extension reads the version
         changes = {
-            r.entity: as_inserts(r.fresh, self._silver_version(spark, r.entity, batch_id))
+            r.entity: as_inserts(
+                r.fresh,
+                self._silver_version(spark, r.entity, batch_id) if r.entity in versioned else None,
+            )
             for r in results
             if r.fresh is not None
         }
@@ -242,15 +247,14 @@ class BatchWriter:
         return [future.result() for future in futures]
 
 
-class _timed:
-    def __init__(self, report: BatchReport, layer: str) -> None:
-        self.report, self.layer = report, layer
-
-    def __enter__(self) -> None:
-        self.started = time.monotonic()
-
-    def __exit__(self, *_: object) -> None:
-        self.report.seconds[self.layer] = time.monotonic() - self.started
+@contextmanager
+def _timed(report: BatchReport, layer: str) -> Iterator[None]:
+    """The layer's wall time in the batch's report."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        report.seconds[layer] = time.monotonic() - started
 
 
 def source(spark: SparkSession, config: Config, pipeline: str) -> DataFrame:
@@ -278,10 +282,8 @@ def start(
     once: bool,
     observer: Observer | None = None,
 ) -> StreamingQuery:
-    """Create every table of the pipeline's layers, then start its one query."""
-    if "bronze" not in LAYERS[pipeline]:
-        for entity in ENTITIES:  # refine reads Bronze: an empty table is a quiet topic
-            bronze.ensure_bronze_table(spark, config, entity)
+    """Create every table of the pipeline's layers (Bronze's too: `refine` reads it, and an
+    empty table is a quiet topic), then start its one query."""
     writer = BatchWriter(spark, config, pipeline, inputs, observer)
     frame = source(spark, config, pipeline)
     return stream_writer(frame, query_name(pipeline), config, once).foreachBatch(writer).start()

@@ -61,8 +61,9 @@ def touched_keys(table: GoldTable, changes: dict[str, DataFrame]) -> DataFrame |
     return reduce(lambda a, b: a.unionByName(b), frames) if frames else None
 
 
-def as_inserts(fresh: DataFrame, version: int) -> DataFrame:
-    """A batch's fresh Silver rows as change rows: inserts at the Silver version holding them."""
+def as_inserts(fresh: DataFrame, version: int | None) -> DataFrame:
+    """A batch's fresh Silver rows as change rows: inserts at the Silver version holding them
+    (None where no table extended by that source needs it)."""
     return fresh.withColumns(
         {"_change_type": F.lit("insert"), "_commit_version": F.lit(version).cast("long")}
     )
@@ -78,6 +79,10 @@ class GoldLayer:
             )
             for name, table in TABLES.items()
         }
+
+    def extended_sources(self) -> set[str]:
+        """The Silver entities of tables with an extension: their changes carry a version."""
+        return {e for w in self.writers.values() if w.table.extend for e in w.table.sources}
 
     def tables_for(self, entities: set[str]) -> list[str]:
         """The Gold tables that rows of `entities` touch."""
