@@ -10,7 +10,7 @@ export LAKEHOUSE_S3_DIR ?= $(CURDIR)/.s3
 export LAKEHOUSE_PII_KEY ?= local-development-only-pii-key
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop test test-fast lint bench clean
+.PHONY: help setup browser run serve stop test test-fast lint bench clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,14 +37,26 @@ run: setup ## local broker + fleet simulator on every topic + the streams (Ctrl-
 	    2> "$(LAKEHOUSE_KAFKA_DIR)/producer.log" & producer=$$!; \
 	  $(BIN)/lakehouse run all'
 
+serve: setup ## the query API and live dashboard on http://127.0.0.1:8000/ (no JVM)
+	$(BIN)/lakehouse serve
+
 stop: ## stop the local broker
 	@$(BIN)/lakehouse kafka stop
 
-test: setup ## the whole suite: unit, integration and end-to-end (what CI runs)
-	$(BIN)/pytest tests/unit tests/integration tests/e2e
+# The dashboard's page tests drive a real headless Chromium: Debian's package and its driver.
+browser: ## install Chromium and chromedriver (Debian packages) unless present
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (apt)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; }
+	@chromium --version 2>/dev/null | head -1
+
+test: setup browser ## the whole suite: unit, integration and end-to-end (what CI runs)
+	$(BIN)/pytest -n 2 --dist worksteal tests/unit tests/integration tests/e2e
 
 test-fast: setup ## unit and integration tiers only, for the edit-test loop
-	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest -n 2 --dist worksteal tests/unit tests/integration
 
 bench: setup ## the benchmark on the local broker (BENCH="--quick" or any `lakehouse bench` flags)
 	@$(BIN)/lakehouse kafka start

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -156,6 +157,54 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     return bench(config, args)
 
 
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from streaming.serve.policy import issue_token, load_policy, load_tokens
+
+    policy = load_policy(config.serve.policy_file)
+    if args.action == "token":
+        if not args.role or not args.id:
+            raise ConfigError(
+                "serve token needs --role and --id", hint="e.g. --role analysts --id ana"
+            )
+        token = issue_token(config.serve.tokens_file, policy, args.role, args.id)
+        print(token)
+        print(
+            f"token {args.id!r} ({args.role}) added to {config.serve.tokens_file}; "
+            "this is the only time it is shown",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "bench":
+        from streaming.serve.bench import run_bench
+
+        base = args.url or f"http://{config.serve.host}:{config.serve.port}/"
+        token = os.environ.get("LAKEHOUSE_API_TOKEN", "")
+        if not token:
+            raise ConfigError("serve bench reads with the token in LAKEHOUSE_API_TOKEN (unset)")
+        figures = run_bench(base, token, args.requests, args.clients, args.seconds)
+        print(json.dumps(figures, indent=2))
+        return 0
+    import uvicorn
+
+    from streaming.serve.app import create_app
+
+    tokens = load_tokens(config.serve.tokens_file, policy)
+    if not len(tokens):
+        log.warning(
+            "no API tokens in %s: every read will be refused (401); add one with "
+            "`lakehouse serve token --role <role> --id <name>`",
+            config.serve.tokens_file,
+        )
+    app = create_app(config, policy, tokens)
+    host, port = config.serve.host, config.serve.port
+    log.info(
+        "serving the tables and the dashboard on http://%s:%d/ (%d tokens, policy %s)",
+        host, port, len(tokens), config.serve.policy_file,
+    )  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakehouse",
@@ -212,6 +261,23 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="the benchmark harness: drain and rate ladders")
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the query API and live dashboard over the tables (no JVM); "
+        "`serve token` issues an API token",
+    )
+    serve.add_argument(
+        "action", nargs="?", choices=["token", "bench"],
+        help="token: issue an API token; bench: latency and concurrency of a running server",
+    )  # fmt: skip
+    serve.add_argument("--role", help="token: the role it grants (see access.toml)")
+    serve.add_argument("--id", help="token: its name in the audit log")
+    serve.add_argument("--url", help="bench: the server (default: LAKEHOUSE_SERVE_HOST/PORT)")
+    serve.add_argument("--requests", type=_positive_int, default=500, help="bench: per read kind")
+    serve.add_argument("--clients", type=_positive_int, default=50, help="bench: dashboards")
+    serve.add_argument("--seconds", type=float, default=30.0, help="bench: dashboard phase")
+    serve.set_defaults(handler=_serve)
 
     verify = commands.add_parser("verify", help="check the correctness oracles")
     verify.add_argument("--ledger", type=Path, action="append", help="producer ledger (repeat)")

@@ -170,6 +170,20 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """`lakehouse serve`: the query API and dashboard over the tables (no JVM)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Roles, the tables each may read and the columns each sees masked (in the repository).
+    policy_file: Path = PROJECT_DIR / "access.toml"
+    # Bearer tokens (their SHA-256) and the role of each: a secret, outside the repository.
+    tokens_file: Path = PROJECT_DIR / ".secrets" / "api-tokens.toml"
+    refresh_seconds: float = 2.0  # how often a served table looks for a new Delta version
+    stale_seconds: int = 900  # a Gold table whose newest event is older is stale (/health)
+
+
+@dataclass(frozen=True)
 class Config:
     root: str
     checkpoints: str
@@ -188,6 +202,7 @@ class Config:
     contracts_dir: Path = PROJECT_DIR / "contracts"
     s3: S3Config = field(default_factory=S3Config)
     s3_server: LocalS3Config = field(default_factory=LocalS3Config)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def require_pii_key(self) -> Secret:
         """The HMAC key for PII tokens; Silver refuses to start without one."""
@@ -338,7 +353,49 @@ def load_config(
             .resolve(),
             heap=settings.text("LAKEHOUSE_S3_HEAP", ("s3_server", "heap"), "384m"),
         ),
+        serve=_serve(settings),
     )
+
+
+def _serve(settings: _Settings) -> ServeConfig:
+    default = ServeConfig()
+    refresh = settings.text("LAKEHOUSE_SERVE_REFRESH", ("serve", "refresh_seconds"), "2")
+    try:
+        refresh_seconds = float(refresh)
+    except ValueError:
+        refresh_seconds = -1.0
+    if not 0 < refresh_seconds <= 3600:
+        raise ConfigError(
+            f"LAKEHOUSE_SERVE_REFRESH must be seconds between 0 and 3600, got {refresh!r}",
+            hint="set e.g. LAKEHOUSE_SERVE_REFRESH=2",
+        )
+    return ServeConfig(
+        host=settings.text("LAKEHOUSE_SERVE_HOST", ("serve", "host"), default.host),
+        port=_port(settings.integer("LAKEHOUSE_SERVE_PORT", ("serve", "port"), default.port)),
+        policy_file=Path(
+            settings.text("LAKEHOUSE_ACCESS_POLICY", ("serve", "policy_file"), "")
+            or default.policy_file
+        )
+        .expanduser()
+        .resolve(),
+        tokens_file=Path(
+            settings.text("LAKEHOUSE_API_TOKENS", ("serve", "tokens_file"), "")
+            or default.tokens_file
+        )
+        .expanduser()
+        .resolve(),
+        refresh_seconds=refresh_seconds,
+        stale_seconds=_positive(
+            settings.integer("LAKEHOUSE_STALE_SECONDS", ("serve", "stale_seconds"), 900),
+            "LAKEHOUSE_STALE_SECONDS",
+        ),
+    )
+
+
+def _port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"LAKEHOUSE_SERVE_PORT must be a port (0-65535), got {port}")
+    return port
 
 
 class _Settings:

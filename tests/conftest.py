@@ -109,3 +109,14 @@ def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     session = build_spark(config, app_name="lakehouse-tests")
     yield session
     session.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run for minutes first (end-to-end, then `slow`): with the suite spread over
+    two workers (`make test`), the short ones then fill the gaps instead of one long test
+    running alone at the end."""
+
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)

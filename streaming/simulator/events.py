@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -112,7 +112,20 @@ class EventFactory:
         return self.renderers[entity](n, now)
 
     def telemetry(self, n: int, now: datetime) -> list[Record]:
-        """Reports from the next `n` vehicles in round-robin order, each advanced one step."""
+        """Reports from the next `n` vehicles in round-robin order, each advanced one step.
+
+        More reports than vehicles go round the fleet again, a millisecond later each lap: a
+        vehicle never reports twice with one timestamp (that is a duplicate by its dedup key).
+        """
+        records: list[Record] = []
+        lap = 0
+        while n > 0:
+            size = min(n, len(self.fleet))
+            records += self._telemetry_lap(size, now + timedelta(milliseconds=lap))
+            n, lap = n - size, lap + 1
+        return records
+
+    def _telemetry_lap(self, n: int, now: datetime) -> list[Record]:
         fleet = self.fleet
         idx = (self._cursor + np.arange(n)) % len(fleet)
         self._cursor = int((self._cursor + n) % len(fleet))

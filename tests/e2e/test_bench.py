@@ -220,16 +220,29 @@ def test_the_live_heap_of_a_real_jvm_grows_with_what_it_holds_and_not_with_garba
     # Spark's own JVM: the suite's Kafka broker is a JVM child of this process too.
     jvm = int(java.java.lang.ProcessHandle.current().pid())
     assert jvm in [p.pid for p in process_tree(os.getpid()) if kind_of(p, os.getpid()) == "jvm"]
-    before = memory.live_heap_mb(jvm)
+    before = _settled_heap_mb(jvm)
     held = java.java.util.concurrent.atomic.AtomicReference()
-    held.set(java.java.nio.ByteBuffer.allocate(96 * 2**20))
+    held.set(java.java.nio.ByteBuffer.allocate(128 * 2**20))
     spark.range(200_000).selectExpr("repeat('x', 100) AS garbage").collect()
     during = memory.live_heap_mb(jvm)
     held.set(None)
     after = memory.live_heap_mb(jvm)
-    assert before is not None and during is not None and after is not None
-    assert during - before > 90, (before, during)
-    assert during - after > 90, (during, after)
+    assert during is not None and after is not None
+    assert during - before > 115, (before, during)
+    assert during - after > 115, (during, after)
+
+
+def _settled_heap_mb(jvm: int) -> float:
+    """The live heap once two readings in a row agree: the suite's shared session may still be
+    releasing an earlier test's state (Spark's context cleaner runs after a collection)."""
+    last = memory.live_heap_mb(jvm)
+    for _ in range(5):
+        now = memory.live_heap_mb(jvm)
+        assert last is not None and now is not None
+        if abs(now - last) < 8:
+            return now
+        last = now
+    raise AssertionError(f"the live heap did not settle: last reading {last} MiB")
 
 
 def test_layer_figures_add_up_each_layers_rows_and_seconds_over_batches() -> None:

@@ -108,6 +108,7 @@ def _until_it_passes(spark, config: Config, batch, batch_id: int) -> None:  # ty
     raise AssertionError("the batch never got through")
 
 
+@pytest.mark.slow
 def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_died(
     spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,42 @@
+"""Every table the service writes, by layer: what `serve` may offer and what a role's policy names.
+
+A table is `<layer>.<name>` and lives at `<root>/<layer>/<name>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streaming.config import ENTITIES, Config
+
+LAYERS = ("bronze", "silver", "quarantine", "gold", "audit")
+AUDIT_READS = ("audit", "reads")  # one row per read through `lakehouse serve`
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    layer: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+    def path(self, config: Config) -> str:
+        return config.table_path(self.layer, self.name)
+
+
+def all_tables() -> list[TableRef]:
+    from streaming.gold.aggregates import TABLES
+
+    tables = [TableRef(layer, e) for layer in ("bronze", "silver", "quarantine") for e in ENTITIES]
+    tables.append(TableRef("silver", "vehicle_state"))
+    tables += [TableRef("gold", name) for name in TABLES]
+    tables.append(TableRef(*AUDIT_READS))
+    return sorted(tables, key=lambda t: (LAYERS.index(t.layer), t.name))
+
+
+def parse(name: str) -> TableRef | None:
+    """`gold.demand_by_zone_hour` -> its TableRef; None for a name that is not a table."""
+    layer, _, table = name.partition(".")
+    ref = TableRef(layer, table)
+    return ref if ref in all_tables() else None
