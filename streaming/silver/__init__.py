@@ -1,11 +1,9 @@
-"""Silver: typed, validated, deduplicated, PII-masked, geofenced tables from Bronze.
+"""Silver: typed, validated, deduplicated, PII-masked, geofenced rows, one batch at a time.
 
-Input: `bronze/<entity>` (Delta streaming source, append-only). Outputs per micro-batch:
-`silver/<entity>` (append of the rows no dedup key has seen), `quarantine/<entity>` (every
-rejected row with raw bytes, Kafka coordinates, stage, rule ids, reason, batch id),
-`silver/_duplicates/<entity>` (coordinates of every removed duplicate) and, for telemetry,
-`silver/vehicle_state` (latest state per vehicle in event-time order).
-Delivery: exactly-once per table; each write carries (txnAppId = query name, txnVersion = batch
-id), so replaying a batch id changes nothing. Accounting: every Bronze row lands exactly once in
-Silver, quarantine or duplicates (`lakehouse verify` checks it).
+Input: a batch's Bronze rows of one entity (from the pipeline's batch writer). Outputs:
+`silver/<entity>` (the rows no dedup key has seen), `quarantine/<entity>` (every rejected row
+with raw bytes, Kafka coordinates, stage, rule ids, reason, batch id; duplicates with stage
+`duplicate`) and, for telemetry, `silver/vehicle_state` (latest state per vehicle in event-time
+order). Exactly-once per table through the pipeline's commit guard (`streaming.commits`).
+Accounting: every Bronze row lands exactly once in Silver or quarantine (`lakehouse verify`).
 """
