@@ -57,16 +57,10 @@ class Unauthorized(Exception):
     """No token, or one the token file does not know (401)."""
 
 
-class Serving:
-    """What the app holds: the policy, the tokens, open tables, the fleet copy, the audit log."""
+class ApiMetrics:
+    """Requests and latency per route, in their own registry (`GET /metrics`)."""
 
-    def __init__(self, config: Config, policy: Policy, tokens: Tokens) -> None:
-        self.config = config
-        self.policy = policy
-        self.tokens = tokens
-        self.tables = TableCache(config)
-        self.audit = AuditLog(config)
-        self.fleet = Fleet(self.tables)
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lakehouse_api_requests_total",
@@ -81,6 +75,19 @@ class Serving:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
         )
+
+
+class Serving:
+    """What the app holds: the policy, the tokens, open tables, the fleet copy, the audit log."""
+
+    def __init__(self, config: Config, policy: Policy, tokens: Tokens) -> None:
+        self.config = config
+        self.policy = policy
+        self.tokens = tokens
+        self.tables = TableCache(config)
+        self.audit = AuditLog(config)
+        self.fleet = Fleet(self.tables)
+        self.metrics = ApiMetrics()
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -236,8 +243,8 @@ def create_app(
         response: Response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
-        serving.requests.labels(name, str(response.status_code)).inc()
-        serving.latency.labels(name).observe(time.perf_counter() - started)
+        serving.metrics.requests.labels(name, str(response.status_code)).inc()
+        serving.metrics.latency.labels(name).observe(time.perf_counter() - started)
         return response
 
     for error, status in _STATUS.items():
@@ -282,7 +289,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(serving.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(serving.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/quality")
     def quality(who: Who) -> Response:

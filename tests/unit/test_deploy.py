@@ -14,6 +14,7 @@ import yaml
 
 from streaming.cli import _parser
 from streaming.metrics import PipelineMetrics
+from streaming.serve.app import ApiMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -39,14 +40,14 @@ def test_every_file_the_compose_file_and_the_dockerfile_name_exists() -> None:
 def test_stream_services_run_commands_the_cli_accepts() -> None:
     commands = {name: service["command"] for name, service in OURS.items()}
     assert {tuple(c) for c in commands.values()} >= {
-        ("run", "bronze"), ("run", "refine"), ("topics", "create"),
+        ("run", "bronze"), ("run", "refine"), ("topics", "create"), ("serve",),
     }  # fmt: skip
     for name, command in commands.items():
         args = _parser().parse_args(command)  # argparse exits on anything it does not accept
         assert args.handler.__name__ == f"_{command[0]}", name
     prometheus = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert sorted(targets) == [f"{n}:9464" for n in ("bronze", "refine")]
+    assert sorted(targets) == ["bronze:9464", "refine:9464", "serve:8000"]
 
 
 def test_every_setting_the_containers_set_is_one_the_service_reads() -> None:
@@ -71,7 +72,8 @@ def test_the_dockerfile_passes_hadolint() -> None:
 def test_the_dashboard_queries_only_metrics_the_service_exports() -> None:
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
     exported = set()
-    for family in PipelineMetrics().registry.collect():
+    families = [*PipelineMetrics().registry.collect(), *ApiMetrics().registry.collect()]
+    for family in families:
         exported |= {family.name + s for s in suffixes.get(family.type, [""])}
     dashboard = json.loads((ROOT / "docker/grafana/dashboards/lakehouse.json").read_text())
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
