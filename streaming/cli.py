@@ -157,6 +157,18 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     return bench(config, args)
 
 
+def _status(config: Config, args: argparse.Namespace) -> int:
+    from streaming.status import Stale, render, status
+
+    threshold = args.stale_seconds or config.serve.stale_seconds
+    report = status(config, threshold, kafka=not args.no_kafka)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    if report["stale"]:
+        raise Stale(f"stale Gold tables (no event for over {threshold:.0f} s): "
+                    + ", ".join(report["stale"]))  # fmt: skip
+    return 0
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from streaming.serve.policy import issue_token, load_policy, load_tokens
 
@@ -261,6 +273,17 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="the benchmark harness: drain and rate ladders")
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    status = commands.add_parser(
+        "status", help="pipelines' last batches, Kafka lag, Gold freshness, quarantine by rule"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.add_argument(
+        "--stale-seconds", type=_positive_int, help="exit 7 if a Gold table is older "
+        "(default LAKEHOUSE_STALE_SECONDS, 900)",
+    )  # fmt: skip
+    status.add_argument("--no-kafka", action="store_true", help="skip the lag (no broker)")
+    status.set_defaults(handler=_status)
 
     serve = commands.add_parser(
         "serve",

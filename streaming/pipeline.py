@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyspark.sql import functions as F
@@ -64,12 +64,15 @@ class BatchReport:
     """What one batch did, layer by layer: what the log line and the metrics read."""
 
     batch_id: int
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ended_at: datetime | None = None
     rows_in: dict[str, int] = field(default_factory=dict)  # per entity
     newest_kafka: dict[str, datetime] = field(default_factory=dict)  # per entity
     bronze_written: list[str] = field(default_factory=list)
     silver: dict[str, dict[str, Any]] = field(default_factory=dict)  # per entity: its books
     gold: dict[str, dict[str, Any]] = field(default_factory=dict)  # per table: its summary
     seconds: dict[str, float] = field(default_factory=dict)  # per layer
+    watermarks: dict[str, datetime] = field(default_factory=dict)  # per entity, after the batch
 
     def line(self, pipeline: str) -> str:
         total = sum(self.rows_in.values())
@@ -146,6 +149,7 @@ class BatchWriter:
                     self._layers(spark, by_entity, batch_id, report, held)
         finally:
             held.release()
+        report.ended_at = datetime.now(UTC)
         if report.rows_in:
             log.info(report.line(self.pipeline))
             if self.observer is not None:
@@ -166,6 +170,7 @@ class BatchWriter:
             with _timed(report, "silver"):
                 results = self._silver(by_entity, batch_id, held)
             report.silver = {r.entity: r.counts for r in results}
+            report.watermarks = {r.entity: r.watermark for r in results if r.watermark}
             if self.gold is not None:
                 with _timed(report, "gold"):
                     self._gold(spark, results, batch_id, report)

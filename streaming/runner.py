@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from streaming import jars, pipeline
 from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError, QueryError
+from streaming.history import RunHistory
 from streaming.kafka.admin import require_topics
 from streaming.metrics import PipelineMetrics, ProgressListener
 from streaming.s3 import lease as s3_lease
@@ -29,6 +30,8 @@ from streaming.spark import build_spark
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming import StreamingQuery
+
+    from streaming.pipeline import BatchReport
 
 log = logging.getLogger(__name__)
 # What `run silver` and `run gold` were: Silver and Gold now run in one pass, as `refine`.
@@ -65,7 +68,12 @@ def _run(config: Config, plan: Plan, once: bool) -> None:
     spark.streams.addListener(listener)
     query: StreamingQuery | None = None
     try:
-        observer = metrics.record_batch
+        history = RunHistory(config, plan.pipeline)
+
+        def observer(report: BatchReport) -> None:
+            metrics.record_batch(report)
+            history.append(report)
+
         query = pipeline.start(spark, config, plan.pipeline, plan.silver, once, observer)
         log.info("started %s", query.name)
         if once:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,10 +47,10 @@ from streaming.serve.tables import (
     render,
     run,
 )
+from streaming.status import QUARANTINE_WINDOW, freshness, quarantine_counts
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("dashboard.html")
-QUALITY_WINDOW = timedelta(hours=1)
 
 
 class Unauthorized(Exception):
@@ -141,26 +141,15 @@ class Serving:
     def health(self) -> dict[str, Any]:
         """Freshness of every Gold table: its newest event time, stale past the threshold."""
         tables: dict[str, dict[str, Any]] = {}
-        limit = timedelta(seconds=self.config.serve.stale_seconds)
         for ref in (t for t in catalog.all_tables() if t.layer == "gold"):
             try:
                 snapshot = self.tables.snapshot(ref)
+                fresh = freshness(
+                    snapshot.version, snapshot.dataset, self.config.serve.stale_seconds
+                )
             except NotFound:
-                tables[str(ref)] = {"version": None, "newest_event": None, "stale": True}
-                continue
-            import duckdb
-
-            connection = duckdb.connect()
-            connection.register("t", snapshot.dataset)
-            newest = connection.execute("SELECT max(last_event_time) FROM t").fetchall()[0][0]
-            connection.close()
-            age = (datetime.now(UTC) - newest).total_seconds() if newest else None
-            tables[str(ref)] = {
-                "version": snapshot.version,
-                "newest_event": newest.isoformat() if newest else None,
-                "age_seconds": round(age, 1) if age is not None else None,
-                "stale": age is None or age > limit.total_seconds(),
-            }
+                fresh = freshness(None, None, self.config.serve.stale_seconds)
+            tables[str(ref)] = fresh.__dict__
         return {
             "status": "stale" if any(t["stale"] for t in tables.values()) else "ok",
             "stale_seconds": self.config.serve.stale_seconds,
@@ -170,24 +159,14 @@ class Serving:
     def quality(self, who: Principal) -> dict[str, Any]:
         """Quarantined rows per entity, stage and rule over the last hour: counts only, no row,
         so every role may see them (the quarantined rows themselves are admins' only)."""
-        import duckdb
-
-        since = datetime.now(UTC) - QUALITY_WINDOW
+        since = datetime.now(UTC) - QUARANTINE_WINDOW
         counts: list[dict[str, Any]] = []
         for entity in ENTITIES:
             try:
                 snapshot = self.tables.snapshot(TableRef("quarantine", entity))
             except NotFound:
                 continue
-            connection = duckdb.connect()
-            connection.register("t", snapshot.dataset)
-            rows = connection.execute(
-                "SELECT stage, rule, count(*) FROM (SELECT stage, unnest(CASE WHEN "
-                "len(rule_ids) = 0 THEN ['(none)'] ELSE rule_ids END) AS rule FROM t "
-                "WHERE _quarantined_at >= ?) GROUP BY stage, rule ORDER BY 3 DESC",
-                [since],
-            ).fetchall()
-            connection.close()
+            rows = quarantine_counts(snapshot.dataset, since)
             counts += [{"entity": entity, "stage": s, "rule": r, "rows": n} for s, r, n in rows]
         self.audit.record(
             AuditRow(

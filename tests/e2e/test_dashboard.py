@@ -3,6 +3,7 @@ HTTP) over a lake the real pipeline built from the real broker."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
+from streaming.config import ENTITIES
 from streaming.kafka.admin import create_topics
 from streaming.simulator.producer import ProduceOptions, run_producer
-from tests.builders import LAKEHOUSE, lakehouse
+from tests.builders import LAKEHOUSE, lakehouse, one_clear_line
 from tests.conftest import PROJECT, Lake, _free_ports
 
 pytestmark = pytest.mark.e2e
@@ -199,3 +201,31 @@ def test_the_server_audits_the_page_reads_and_stops_cleanly(built, server) -> No
     assert ("analysts-page", "silver.bookings", 403) in page
     assert ("analysts-page", "gold.demand_by_zone_hour", 200) in page
     assert ("admins-page", "silver.bookings", 200) in page
+
+
+def test_status_reads_run_history_lag_freshness_and_quarantine_from_the_tables(built) -> None:  # type: ignore[no-untyped-def]
+    result = lakehouse("status", "--json", "--stale-seconds", "3600", env=built.process_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    runs = DeltaTable(built.config.table_path("ops", "runs")).to_pyarrow_table().to_pylist()
+    newest: dict[int, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r["ended_at"]):
+        newest[run["batch_id"]] = run  # a replayed batch: its last attempt
+    assert sum(n for run in newest.values() for _, n in run["rows_in"]) == 3_000
+    assert report["pipelines"]["all"]["last_batch"] == max(newest)
+    assert set(report["pipelines"]["all"]["layer_seconds"]) == {"bronze", "silver", "gold"}
+    lag = report["kafka_lag"]
+    assert {t: v["records"] for t, v in lag.items()} == {
+        built.config.topic(e).name: 0 for e in ENTITIES
+    }
+    assert report["stale"] == [] and all(not g["stale"] for g in report["gold"].values())
+    quarantined = sum(
+        DeltaTable(built.config.table_path("quarantine", e)).to_pyarrow_dataset().count_rows()
+        for e in ENTITIES
+    )
+    by_rule = report["quarantine_last_hour"]
+    assert quarantined > 0 and sum(q["rows"] for q in by_rule) >= quarantined  # a row per rule
+    assert sum((run["quarantined"] and sum(n for _, n in run["quarantined"])) or 0
+               for run in newest.values()) == quarantined  # fmt: skip
+    stale = lakehouse("status", "--no-kafka", "--stale-seconds", "1", env=built.process_env())
+    one_clear_line(stale, 7, "stale Gold tables", "gold.demand_by_zone_hour")

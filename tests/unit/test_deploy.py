@@ -79,3 +79,10 @@ def test_the_dashboard_queries_only_metrics_the_service_exports() -> None:
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {m for e in expressions for m in re.findall(r"\b(lakehouse_[a-z_]+)", e)}
     assert len(used) >= 7 and used <= exported, sorted(used - exported)
+    rules = yaml.safe_load((ROOT / "docker/prometheus/alerts.yml").read_text())["groups"][0]
+    alerted = {m for r in rules["rules"] for m in re.findall(r"\b(lakehouse_[a-z_]+)", r["expr"])}
+    assert {r["alert"] for r in rules["rules"]} >= {"KafkaLagGrowing", "GoldStale", "PipelineDown",
+                                                    "QuarantineRateHigh"}  # fmt: skip
+    assert alerted and alerted <= exported, sorted(alerted - exported)
+    prometheus = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
