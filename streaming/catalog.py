@@ -12,6 +12,7 @@ from streaming.config import ENTITIES, Config
 LAYERS = ("bronze", "silver", "quarantine", "gold", "audit", "ops")
 AUDIT_READS = ("audit", "reads")  # one row per read through `lakehouse serve`
 RUN_HISTORY = ("ops", "runs")  # one row per micro-batch of every pipeline
+AUDIT_MAINTENANCE = ("audit", "maintenance")  # one row per maintenance action
 
 
 @dataclass(frozen=True, order=True)
@@ -33,6 +34,7 @@ def all_tables() -> list[TableRef]:
     tables.append(TableRef("silver", "vehicle_state"))
     tables += [TableRef("gold", name) for name in TABLES]
     tables.append(TableRef(*AUDIT_READS))
+    tables.append(TableRef(*AUDIT_MAINTENANCE))
     tables.append(TableRef(*RUN_HISTORY))
     return sorted(tables, key=lambda t: (LAYERS.index(t.layer), t.name))
 

@@ -157,6 +157,30 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     return bench(config, args)
 
 
+def _maintain(config: Config, args: argparse.Namespace) -> int:
+    import time
+
+    from streaming.maintain import maintain, tables_named
+    from streaming.spark import build_spark
+
+    tables = [t for t in (args.tables or "").split(",") if t]
+    tables_named(tables)  # an unknown table: one line, before a JVM starts
+    spark = build_spark(config, app_name="lakehouse-maintain")
+    if args.once or args.dry_run:
+        actions = maintain(spark, config, tables, args.dry_run, vacuum=not args.no_vacuum)
+        print(json.dumps([a.__dict__ for a in actions], indent=2, default=str) if args.json
+              else "\n".join(a.line() for a in actions) or "no table to maintain yet")  # fmt: skip
+        return 0
+    every = config.maintain.interval_seconds
+    log.info("maintaining the tables every %d s (Ctrl-C stops)", every)
+    try:
+        while True:
+            maintain(spark, config, tables, dry_run=False, vacuum=not args.no_vacuum)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _status(config: Config, args: argparse.Namespace) -> int:
     from streaming.status import Stale, render, status
 
@@ -273,6 +297,16 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="the benchmark harness: drain and rate ladders")
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    maintain = commands.add_parser(
+        "maintain", help="retention, OPTIMIZE + Z-order, log checkpoints, VACUUM (every table)"
+    )
+    maintain.add_argument("--once", action="store_true", help="one pass, then exit")
+    maintain.add_argument("--dry-run", action="store_true", help="say what retention would delete")
+    maintain.add_argument("--tables", help="comma-separated globs, e.g. gold.*,silver.telemetry")
+    maintain.add_argument("--no-vacuum", action="store_true", help="compact, do not vacuum")
+    maintain.add_argument("--json", action="store_true", help="the actions as JSON")
+    maintain.set_defaults(handler=_maintain)
 
     status = commands.add_parser(
         "status", help="pipelines' last batches, Kafka lag, Gold freshness, quarantine by rule"

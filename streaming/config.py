@@ -170,6 +170,25 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    """`lakehouse maintain`: compaction, checkpoints, VACUUM and retention per layer."""
+
+    interval_seconds: int = 3600  # between passes of the long-running mode
+    recent_days: int = 2  # OPTIMIZE only partitions this recent (older ones were compacted)
+    vacuum_hours: int = 168  # Delta's safety check refuses less (time travel and live readers)
+    # Days kept per layer (ADR-17); Silver's come from each contract's `retention_days`.
+    retention_days: Mapping[str, int] = field(
+        default_factory=lambda: {
+            "bronze": 90,
+            "quarantine": 90,
+            "gold": 1825,
+            "audit": 2555,
+            "ops": 365,
+        }
+    )
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """`lakehouse serve`: the query API and dashboard over the tables (no JVM)."""
 
@@ -203,6 +222,7 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     s3_server: LocalS3Config = field(default_factory=LocalS3Config)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
 
     def require_pii_key(self) -> Secret:
         """The HMAC key for PII tokens; Silver refuses to start without one."""
@@ -354,6 +374,35 @@ def load_config(
             heap=settings.text("LAKEHOUSE_S3_HEAP", ("s3_server", "heap"), "384m"),
         ),
         serve=_serve(settings),
+        maintain=_maintain(settings),
+    )
+
+
+def _maintain(settings: _Settings) -> MaintainConfig:
+    default = MaintainConfig()
+    vacuum_hours = settings.integer("LAKEHOUSE_VACUUM_HOURS", ("maintain", "vacuum_hours"), 168)
+    if vacuum_hours < 168:
+        raise ConfigError(
+            f"LAKEHOUSE_VACUUM_HOURS={vacuum_hours} is shorter than Delta's safety check (168 h)",
+            hint="files younger than 7 days may still be read by a running query or time travel",
+        )
+    retention = dict(default.retention_days)
+    for layer in retention:
+        var = f"LAKEHOUSE_RETENTION_DAYS_{layer.upper()}"
+        retention[layer] = _positive(
+            settings.integer(var, ("maintain", "retention_days", layer), retention[layer]), var
+        )
+    return MaintainConfig(
+        interval_seconds=_positive(
+            settings.integer("LAKEHOUSE_MAINTAIN_INTERVAL", ("maintain", "interval_seconds"), 3600),
+            "LAKEHOUSE_MAINTAIN_INTERVAL",
+        ),
+        recent_days=_positive(
+            settings.integer("LAKEHOUSE_MAINTAIN_RECENT_DAYS", ("maintain", "recent_days"), 2),
+            "LAKEHOUSE_MAINTAIN_RECENT_DAYS",
+        ),
+        vacuum_hours=vacuum_hours,
+        retention_days=retention,
     )
 
 

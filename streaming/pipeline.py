@@ -268,6 +268,8 @@ def source(spark: SparkSession, config: Config, pipeline: str) -> DataFrame:
         return bronze.read_topics(spark, config, list(ENTITIES))
     streams = [
         spark.readStream.format("delta")
+        # Retention and erasure delete from Bronze: such commits hold no new rows to refine.
+        .option("skipChangeCommits", "true")
         .option("maxBytesPerTrigger", MAX_BYTES_PER_TRIGGER)
         .option("maxFilesPerTrigger", str(config.stream.max_files_per_trigger))
         .load(config.table_path(bronze.LAYER, entity))
