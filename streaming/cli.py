@@ -141,13 +141,25 @@ def _verify(config: Config, args: argparse.Namespace) -> int:
 def _show(config: Config, args: argparse.Namespace) -> int:
     from streaming.show import read_table, render
 
-    columns, rows, total = read_table(config, args.table, args.where, args.limit)
+    columns, rows, total = read_table(config, args.table, args.where, args.limit, args.as_of)
     if args.json:
         for row in rows:
             print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
     else:
         print(render(columns, rows))
         print(f"({len(rows)} of {total} rows)")
+    return 0
+
+
+def _history(config: Config, args: argparse.Namespace) -> int:
+    from streaming.show import history
+
+    for entry in history(config, args.table, args.limit):
+        if args.json:
+            print(json.dumps(entry, default=str))
+        else:
+            meta = f"  {entry['userMetadata']}" if entry["userMetadata"] else ""
+            print(f"v{entry['version']}  {entry['timestamp']}  {entry['operation']}{meta}")
     return 0
 
 
@@ -292,7 +304,14 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--where", help='SQL condition, e.g. "zone_id = 132 AND hour = 8"')
     show.add_argument("--limit", type=_positive_int, default=20)
     show.add_argument("--json", action="store_true", help="one JSON object per row")
+    show.add_argument("--as-of", help="time travel: a version number or an ISO timestamp")
     show.set_defaults(handler=_show)
+
+    history = commands.add_parser("history", help="a table's Delta commits (newest first)")
+    history.add_argument("table", help="<layer>.<table>")
+    history.add_argument("--limit", type=_positive_int, default=20)
+    history.add_argument("--json", action="store_true", help="one JSON object per commit")
+    history.set_defaults(handler=_history)
 
     bench = commands.add_parser("bench", help="the benchmark harness: drain and rate ladders")
     add_bench_arguments(bench)

@@ -7,6 +7,7 @@ so `show` also proves that the tables stay readable by engines other than Spark.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from streaming.config import Config
@@ -26,24 +27,53 @@ def table_location(config: Config, name: str) -> str:
     return config.table_path(match[1], match[2])
 
 
-def read_table(
-    config: Config, name: str, where: str | None = None, limit: int = 20
-) -> tuple[list[str], list[tuple[Any, ...]], int]:
-    """(columns, first `limit` rows matching `where`, number of matching rows)."""
-    import duckdb
+def open_table(config: Config, name: str, as_of: str | None = None) -> Any:
+    """The table (delta-rs), as of a version number or an ISO timestamp if given."""
     from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from deltalake.exceptions import DeltaError, TableNotFoundError
 
     location = table_location(config, name)
     try:
-        dataset = DeltaTable(
-            delta_rs_uri(location), storage_options=storage_options(config)
-        ).to_pyarrow_dataset()
+        table = DeltaTable(delta_rs_uri(location), storage_options=storage_options(config))
     except TableNotFoundError:
         raise ConfigError(
             f"table {name} does not exist at {location}",
             hint="run the layer that writes it first, e.g. `lakehouse run all --once`",
         ) from None
+    if as_of is None:
+        return table
+    try:
+        table.load_as_version(int(as_of) if as_of.isdigit() else _timestamp(as_of))
+    except (DeltaError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"--as-of {as_of!r}: {name} cannot be read there ({first})",
+            hint=f"versions 0 to {table.version()}, or an ISO time such as 2026-12-04T10:00:00Z; "
+            "`lakehouse history` lists them",
+        ) from None
+    return table
+
+
+def _timestamp(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def history(config: Config, name: str, limit: int) -> list[dict[str, Any]]:
+    keep = ("version", "timestamp", "operation", "operationMetrics", "userMetadata")
+    entries = open_table(config, name).history(limit)
+    for entry in entries:
+        entry["timestamp"] = datetime.fromtimestamp(entry["timestamp"] / 1000, UTC).isoformat()
+    return [{k: e.get(k) for k in keep} for e in entries]
+
+
+def read_table(
+    config: Config, name: str, where: str | None = None, limit: int = 20, as_of: str | None = None
+) -> tuple[list[str], list[tuple[Any, ...]], int]:
+    """(columns, first `limit` rows matching `where`, number of matching rows)."""
+    import duckdb
+
+    dataset = open_table(config, name, as_of).to_pyarrow_dataset()
     connection = duckdb.connect()
     connection.register("t", dataset)
     condition = f" WHERE {where}" if where else ""
