@@ -218,12 +218,15 @@ class Maintainer:
 
 
 def _date_expression(partitions: list[str], columns: list[str]) -> str | None:
-    """A SQL date of each row from `columns` (a date, a week's start, or year/month/day)."""
+    """A SQL date of each row from `columns` (a date, a week's start, year/month/day partitions
+    or the Kafka timestamp)."""
     for column in ("date", "week_start"):
         if column in columns:
             return f"`{column}`"
     if {"year", "month", "day"} <= set(partitions):
         return "make_date(`year`, `month`, `day`)"
+    if "_kafka_timestamp" in columns:  # quarantine: Bronze's clock, so it expires with Bronze
+        return "to_date(`_kafka_timestamp`)"
     return None
 
 
