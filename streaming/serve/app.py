@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,6 +90,9 @@ class Serving:
         self.audit = AuditLog(config)
         self.fleet = Fleet(self.tables)
         self.metrics = ApiMetrics()
+        self.pages = DashboardPages(self)
+        self._health: tuple[float, bytes] | None = None
+        self._health_lock = threading.Lock()
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -106,8 +111,9 @@ class Serving:
         read: Read,
         output: str = "json",
         as_of: int | None = None,
+        record: Callable[[AuditRow], None] | None = None,
     ) -> Result:
-        """One audited, policy-checked read."""
+        """One audited, policy-checked read (`record` receives its audit row)."""
         status, reason, rows, version = 200, "", 0, None
         try:
             if not who.role.may_read(str(ref)):
@@ -121,7 +127,7 @@ class Serving:
             status, reason = _STATUS[type(exc)], str(exc)
             raise
         finally:
-            self.audit.record(
+            (record or self.audit.record)(
                 AuditRow(
                     now(),
                     who.token_id,
@@ -156,7 +162,18 @@ class Serving:
             "tables": tables,
         }
 
-    def quality(self, who: Principal) -> dict[str, Any]:
+    def health_document(self) -> bytes:
+        """`health()` as JSON, computed at most once per refresh interval (probes are many)."""
+        with self._health_lock:
+            cached = self._health
+            if cached is None or time.monotonic() - cached[0] >= self.config.serve.refresh_seconds:
+                cached = (time.monotonic(), _encoded(self.health()))
+                self._health = cached
+            return cached[1]
+
+    def quality(
+        self, who: Principal, record: Callable[[AuditRow], None] | None = None
+    ) -> dict[str, Any]:
         """Quarantined rows per entity, stage and rule over the last hour: counts only, no row,
         so every role may see them (the quarantined rows themselves are admins' only)."""
         since = datetime.now(UTC) - QUARANTINE_WINDOW
@@ -168,7 +185,7 @@ class Serving:
                 continue
             rows = quarantine_counts(snapshot.dataset, since)
             counts += [{"entity": entity, "stage": s, "rule": r, "rows": n} for s, r, n in rows]
-        self.audit.record(
+        (record or self.audit.record)(
             AuditRow(
                 now(),
                 who.token_id,
@@ -185,6 +202,48 @@ class Serving:
             )
         )
         return {"since": since.isoformat(), "counts": counts}
+
+
+class DashboardPages:
+    """The dashboard's document per role, built at most once per refresh interval and shared by
+    every client of that role (a page refreshes every 5 s; 50 walls must not mean 50 builds).
+    Each request is still audited: a shared page's reads are recorded again for its caller."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self._pages: dict[str, tuple[float, bytes, list[AuditRow]]] = {}
+        self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+
+    def page(self, who: Principal) -> bytes:
+        serving = self.serving
+        with self._locks[who.role.name]:  # one build per role at a time; the others wait for it
+            cached = self._pages.get(who.role.name)
+            if cached and time.monotonic() - cached[0] < serving.config.serve.refresh_seconds:
+                for row in cached[2]:
+                    serving.audit.record(replace(row, read_at=now(), token_id=who.token_id))
+                return cached[1]
+            reads: list[AuditRow] = []
+
+            def record(row: AuditRow) -> None:
+                reads.append(row)
+                serving.audit.record(row)
+
+            def read(ref: TableRef, read: Read) -> Result:
+                return serving.read(who, ref, read, output="dashboard", record=record)
+
+            def statuses() -> dict[str, Any]:
+                copy = _fleet(serving, who, "vehicles by status", record)
+                counts = collections.Counter(v["status"] for v in copy.by_vehicle.values())
+                return {"version": copy.version, "vehicles": len(copy.by_vehicle),
+                        "statuses": counts}  # fmt: skip
+
+            built = dashboard.panels(
+                read, lambda: serving.quality(who, record), statuses, serving.health()
+            )
+            built["role"] = who.role.name
+            document = _encoded(built)
+            self._pages[who.role.name] = (time.monotonic(), document, reads)
+            return document
 
 
 def _principal(request: Request) -> Principal:
@@ -250,21 +309,11 @@ def create_app(
 
     @app.get("/dashboard/data")
     def dashboard_data(who: Who) -> Response:
-        def read(ref: TableRef, read: Read) -> Result:
-            return serving.read(who, ref, read, output="dashboard")
-
-        def statuses() -> dict[str, Any]:
-            copy = _fleet(serving, who, "vehicles by status")
-            counts = collections.Counter(v["status"] for v in copy.by_vehicle.values())
-            return {"version": copy.version, "vehicles": len(copy.by_vehicle), "statuses": counts}
-
-        built = dashboard.panels(read, lambda: serving.quality(who), statuses, serving.health())
-        built["role"] = who.role.name
-        return _json(built)
+        return Response(serving.pages.page(who), media_type="application/json")
 
     @app.get("/health")
     def health() -> Response:
-        return _json(serving.health())
+        return Response(serving.health_document(), media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -349,7 +398,12 @@ def create_app(
     return app
 
 
-def _fleet(serving: Serving, who: Principal, asked: str) -> Any:
+def _fleet(
+    serving: Serving,
+    who: Principal,
+    asked: str,
+    record: Callable[[AuditRow], None] | None = None,
+) -> Any:
     """The in-memory fleet, for a role that may read vehicle_state (audited)."""
     allowed = who.role.may_read(str(VEHICLE_STATE))
     copy = serving.fleet.copy
@@ -361,7 +415,7 @@ def _fleet(serving: Serving, who: Principal, asked: str) -> Any:
         if status == 403
         else f"{VEHICLE_STATE} has not been written yet"
     )
-    serving.audit.record(
+    (record or serving.audit.record)(
         AuditRow(
             now(),
             who.token_id,
@@ -391,10 +445,14 @@ def _table(name: str) -> TableRef:
     return ref
 
 
-def _json(document: Any) -> Response:
+def _encoded(document: Any) -> bytes:
     import json
 
-    return Response(json.dumps(document, default=json_value), media_type="application/json")
+    return json.dumps(document, default=json_value).encode()
+
+
+def _json(document: Any) -> Response:
+    return Response(_encoded(document), media_type="application/json")
 
 
 def _one_line(status: int) -> Callable[[Request, Exception], Any]:
