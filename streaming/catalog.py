@@ -6,8 +6,12 @@ A table is `<layer>.<name>` and lives at `<root>/<layer>/<name>`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from streaming.config import ENTITIES, Config
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 LAYERS = ("bronze", "silver", "quarantine", "gold", "audit", "ops")
 AUDIT_READS = ("audit", "reads")  # one row per read through `lakehouse serve`
@@ -44,3 +48,22 @@ def parse(name: str) -> TableRef | None:
     layer, _, table = name.partition(".")
     ref = TableRef(layer, table)
     return ref if ref in all_tables() else None
+
+
+def append_rows(
+    config: Config, ref: TableRef, rows: list[dict[str, Any]], schema: pa.Schema
+) -> None:
+    """Append `rows` to a date-partitioned table from Python (delta-rs: one commit, no JVM).
+    The service's own records (run history, audit) are written this way."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from streaming.s3.storage import delta_rs_uri, storage_options
+
+    write_deltalake(
+        delta_rs_uri(ref.path(config)),
+        pa.Table.from_pylist(rows, schema=schema),
+        mode="append",
+        partition_by=["date"],
+        storage_options=storage_options(config),
+    )

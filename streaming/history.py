@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from streaming.catalog import RUN_HISTORY, TableRef
-from streaming.s3.storage import delta_rs_uri, storage_options
+from streaming.catalog import RUN_HISTORY, TableRef, append_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -77,18 +76,11 @@ class RunHistory:
 
     def __init__(self, config: Config, pipeline: str) -> None:
         self.pipeline = pipeline
-        self.uri = delta_rs_uri(TableRef(*RUN_HISTORY).path(config))
-        self.options = storage_options(config)
+        self.config = config
 
     def append(self, report: BatchReport) -> None:
-        import pyarrow as pa
-        from deltalake import write_deltalake
-
         row = history_row(self.pipeline, report)
         try:
-            table = pa.Table.from_pylist([row], schema=history_schema())
-            write_deltalake(
-                self.uri, table, mode="append", partition_by=["date"], storage_options=self.options
-            )
+            append_rows(self.config, TableRef(*RUN_HISTORY), [row], history_schema())
         except Exception as exc:  # the batch's data is committed: history is not worth failing it
             log.error("run history: batch %d not recorded: %s", report.batch_id, exc)

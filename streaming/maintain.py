@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from streaming.catalog import AUDIT_MAINTENANCE, TableRef, all_tables
+from streaming.catalog import AUDIT_MAINTENANCE, TableRef, all_tables, append_rows
 from streaming.errors import ConfigError, RetryableError
 from streaming.s3.storage import delta_rs_uri, storage_options
 
@@ -75,15 +75,10 @@ class Action:
         )
 
 
-def retention_days(config: Config, ref: TableRef) -> int | None:
+def retention_days(config: Config, silver: dict[str, int], ref: TableRef) -> int | None:
+    """The layer's retention; Silver's from its contract (`silver`: entity -> days)."""
     if ref.layer == "silver":
-        if ref.name == "vehicle_state":
-            return None  # the latest state per vehicle: nothing expires
-        from streaming.contracts import load_contracts
-        from streaming.schemas import load_schemas
-
-        contracts = load_contracts(config.contracts_dir, load_schemas(config.schemas_dir))
-        return contracts[ref.name].retention_days if ref.name in contracts else None
+        return silver.get(ref.name)  # vehicle_state (latest state per vehicle): none expires
     return config.maintain.retention_days.get(ref.layer)
 
 
@@ -111,13 +106,18 @@ class Maintainer:
         self.config = config
         self.dry_run = dry_run
         self.today = datetime.now(UTC).date()
+        from streaming.contracts import load_contracts
+        from streaming.schemas import load_schemas
+
+        contracts = load_contracts(config.contracts_dir, load_schemas(config.schemas_dir))
+        self.silver_days = {e: c.retention_days for e, c in contracts.items()}
 
     def table(self, ref: TableRef, vacuum: bool = True) -> list[Action]:
         """Every action on one table (a table not written yet: none)."""
         if self._files(ref) is None:
             return []
         actions = []
-        days = retention_days(self.config, ref)
+        days = retention_days(self.config, self.silver_days, ref)
         if days is not None:
             actions.append(self._retention(ref, days))
         if not self.dry_run:
@@ -271,19 +271,9 @@ def maintenance_schema() -> pa.Schema:
 
 def record(config: Config, actions: list[Action]) -> None:
     """Append the actions to `audit/maintenance` (what was done, when, to what)."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    if not actions:
-        return
-    rows = [{**asdict(a), "date": a.at.date()} for a in actions]
-    write_deltalake(
-        delta_rs_uri(TableRef(*AUDIT_MAINTENANCE).path(config)),
-        pa.Table.from_pylist(rows, schema=maintenance_schema()),
-        mode="append",
-        partition_by=["date"],
-        storage_options=storage_options(config),
-    )
+    if actions:
+        rows = [{**asdict(a), "date": a.at.date()} for a in actions]
+        append_rows(config, TableRef(*AUDIT_MAINTENANCE), rows, maintenance_schema())
 
 
 def maintain(

@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from streaming.catalog import AUDIT_READS, TableRef
-from streaming.s3.storage import delta_rs_uri, storage_options
+from streaming.catalog import AUDIT_READS, TableRef, append_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,8 +63,8 @@ def audit_schema() -> pa.Schema:
 
 class AuditLog:
     def __init__(self, config: Config) -> None:
-        self.uri = delta_rs_uri(TableRef(*AUDIT_READS).path(config))
-        self.options = storage_options(config)
+        self.config = config
+        self.table = TableRef(*AUDIT_READS)
         self._rows: list[AuditRow] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,19 +81,13 @@ class AuditLog:
 
     def flush(self) -> int:
         """Append what is buffered (one commit); how many rows."""
-        import pyarrow as pa
-        from deltalake import write_deltalake
-
         with self._lock:
             rows, self._rows = self._rows, []
         if not rows:
             return 0
         records = [{**asdict(r), "date": r.read_at.date()} for r in rows]
-        table = pa.Table.from_pylist(records, schema=audit_schema())
         try:
-            write_deltalake(
-                self.uri, table, mode="append", partition_by=["date"], storage_options=self.options
-            )
+            append_rows(self.config, self.table, records, audit_schema())
         except Exception:
             with self._lock:  # kept for the next flush: an audit row is never dropped quietly
                 self._rows[:0] = rows
@@ -112,7 +105,7 @@ class AuditLog:
             try:
                 self.flush()
             except Exception as exc:  # the next flush retries; the reads keep being served
-                log.error("audit: appending to %s failed: %s", self.uri, exc)
+                log.error("audit: appending to %s failed: %s", self.table, exc)
 
 
 def now() -> datetime:

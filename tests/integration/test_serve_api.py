@@ -334,6 +334,7 @@ def test_health_and_metrics_need_no_token(served) -> None:  # type: ignore[no-un
     assert demand["stale"] is False and demand["version"] == 0
     assert health["tables"]["gold.revenue_by_vehicle_type_daily"]["stale"] is True  # never written
     assert health["status"] == "stale"
+    assert _get(served, "analysts", "/tables/silver.bookings").status_code == 403
     metrics = _get(served, None, "/metrics").text
     assert 'lakehouse_api_requests_total{route="/tables/{name}",status="403"}' in metrics
 
