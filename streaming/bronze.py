@@ -45,10 +45,13 @@ KAFKA_SCHEMA = (
 
 
 def ensure_bronze_table(spark: SparkSession, config: Config, entity: str) -> None:
-    from streaming.tables import ensure_table
+    from streaming.tables import ensure_table, exists
 
+    path = config.table_path(LAYER, entity)
+    if exists(config, path):
+        return
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    ensure_table(spark, config.table_path(LAYER, entity), empty.schema, PARTITION_COLUMNS)
+    ensure_table(config, path, empty.schema, PARTITION_COLUMNS)
 
 
 def to_bronze(kafka_records: DataFrame) -> DataFrame:

@@ -20,8 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from streaming.s3.storage import delta_rs_uri, storage_options
+
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
     from pyspark.sql import SparkSession
+
+    from streaming.config import Config
 
 log = logging.getLogger(__name__)
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
@@ -56,8 +61,8 @@ def _parse_mark(raw: str | None) -> tuple[str, int] | None:
 class CommitGuard:
     """Per table, the newest batch this pipeline committed; read from history on first use."""
 
-    def __init__(self, spark: SparkSession, pipeline: str) -> None:
-        self.spark = spark
+    def __init__(self, config: Config, pipeline: str) -> None:
+        self.config = config
         self.pipeline = pipeline
         self._known: dict[str, Committed | None] = {}
         self._lock = threading.Lock()
@@ -84,20 +89,33 @@ class CommitGuard:
             self._known[path] = Committed(batch_id, -1)  # the version is read only on a restart
         return True
 
-    def _newest_mark(self, path: str) -> Committed | None:
-        from delta.tables import DeltaTable
+    def version(self, path: str) -> int:
+        """The table's newest version."""
+        table = self._open(path)
+        assert table is not None, path
+        return table.version()
 
-        if not DeltaTable.isDeltaTable(self.spark, path):
+    def _open(self, path: str) -> DeltaTable | None:
+        """The table's log, read by delta-rs (no Spark job: milliseconds a table)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(delta_rs_uri(path), storage_options=storage_options(self.config))
+        except TableNotFoundError:
             return None
-        table = DeltaTable.forPath(self.spark, path)
+
+    def _newest_mark(self, path: str) -> Committed | None:
+        table = self._open(path)
+        if table is None:
+            return None
         for limit in (_RECENT, None):
-            history = table.history(limit) if limit else table.history()
-            rows = history.select("version", "userMetadata").collect()
-            for row in sorted(rows, key=lambda r: -int(r["version"])):
-                mark = _parse_mark(row["userMetadata"])
+            commits = table.history(limit)
+            for commit in sorted(commits, key=lambda c: -int(c["version"])):
+                mark = _parse_mark(commit.get("userMetadata"))
                 if mark is not None and mark[0] == self.pipeline:
-                    return Committed(mark[1], int(row["version"]))
-            if limit is None or len(rows) < limit:
+                    return Committed(mark[1], int(commit["version"]))
+            if limit is None or len(commits) < limit:
                 return None
         return None
 

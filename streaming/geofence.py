@@ -31,7 +31,9 @@ import numpy as np
 import shapely
 from pyspark.sql import functions as F
 
+from streaming.config import Config
 from streaming.errors import ConfigError
+from streaming.s3.storage import delta_rs_uri, storage_options
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -232,19 +234,34 @@ def _with_grid(spark: SparkSession, frame: DataFrame, zones: list[Zone]) -> Geof
     return Geofences(frame, grid, expanded)
 
 
-def write_geofences(spark: SparkSession, zones: list[Zone], path: str) -> None:
-    """Replace the geofences Delta table at `path` (this is `silver/geofences`)."""
-    frame = zones_frame(spark, zones).coalesce(1)
-    frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+def write_geofences(config: Config, zones: list[Zone], path: str) -> None:
+    """Replace the geofences Delta table at `path` (this is `silver/geofences`): 263 rows,
+    written from Python (delta-rs), no Spark job."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    columns = list(zip(*[(z.zone_id, z.zone_name, z.borough, z.wkt) for z in zones], strict=True))
+    types = (pa.int32(), pa.string(), pa.string(), pa.string())
+    schema = pa.schema(list(zip(GEOFENCE_COLUMNS, types, strict=True)))
+    write_deltalake(
+        delta_rs_uri(path),
+        pa.Table.from_arrays([pa.array(c) for c in columns], schema=schema),
+        mode="overwrite",
+        schema_mode="overwrite",
+        storage_options=storage_options(config),
+    )
 
 
-def read_geofences(spark: SparkSession, path: str) -> Geofences:
+def read_geofences(spark: SparkSession, config: Config, path: str) -> Geofences:
     """The geofences table with a Sedona `geometry` column parsed from its WKT, and its grid
-    (cache it: the polygons are then parsed once, not in every micro-batch)."""
-    frame = spark.read.format("delta").load(path).select(*GEOFENCE_COLUMNS)
-    zones = [Zone(r.zone_id, r.zone_name, r.borough, r.geometry_wkt) for r in frame.collect()]
-    with_geometry = frame.withColumn("geometry", F.expr("ST_GeomFromWKT(geometry_wkt)"))
-    return _with_grid(spark, with_geometry, sorted(zones, key=lambda zone: zone.zone_id))
+    (cache it: the polygons are then parsed once, not in every micro-batch). The table is read
+    from Python (delta-rs): 263 rows."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(delta_rs_uri(path), storage_options=storage_options(config))
+    rows = table.to_pyarrow_table(columns=list(GEOFENCE_COLUMNS)).to_pylist()
+    zones = [Zone(r["zone_id"], r["zone_name"], r["borough"], r["geometry_wkt"]) for r in rows]
+    return geofences(spark, sorted(zones, key=lambda zone: zone.zone_id))
 
 
 def assign_zones(

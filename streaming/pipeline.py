@@ -111,7 +111,7 @@ class BatchWriter:
         `workers`: how many entities (or Gold tables) are processed side by side (1: in order)."""
         self.pipeline = pipeline
         self.layers = layers or LAYERS[pipeline]
-        self.guard = CommitGuard(spark, query_name(pipeline))
+        self.guard = CommitGuard(config, query_name(pipeline))
         self.observer = observer
         self.entity_of = {config.topic(e).name: e for e in ENTITIES}
         self.bronze_paths = {e: config.table_path(bronze.LAYER, e) for e in ENTITIES}
@@ -223,7 +223,7 @@ class BatchWriter:
         changes = {
             r.entity: as_inserts(
                 r.fresh,
-                self._silver_version(spark, r.entity, batch_id) if r.entity in versioned else None,
+                self._silver_version(r.entity, batch_id) if r.entity in versioned else None,
             )
             for r in results
             if r.fresh is not None
@@ -232,15 +232,13 @@ class BatchWriter:
         summaries = self._each(names, lambda n: self.gold.add(n, changes, batch_id))  # type: ignore[union-attr]
         report.gold = {n: s for n, s in zip(names, summaries, strict=True) if s is not None}
 
-    def _silver_version(self, spark: SparkSession, entity: str, batch_id: int) -> int:
+    def _silver_version(self, entity: str, batch_id: int) -> int:
         """The Silver version that holds the batch's rows of `entity`."""
-        from delta.tables import DeltaTable
-
         path = self.silver[entity].paths.silver
         own = self.guard.committed(path, batch_id)
         if own is not None and own.version >= 0:
             return own.version
-        return int(DeltaTable.forPath(spark, path).history(1).first()["version"])  # type: ignore[index]
+        return self.guard.version(path)
 
     def _each(self, items: list[str], work: Callable[[str], _T]) -> list[_T]:
         """`work` on every item side by side. A failure fails the batch, once every item has

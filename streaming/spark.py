@@ -18,6 +18,7 @@ from streaming import jars
 from streaming.config import Config
 from streaming.errors import SetupError
 from streaming.s3 import storage as s3_storage
+from streaming.tables import CHECKPOINT_INTERVAL
 
 LOG4J = Path(__file__).resolve().parent / "log4j2.properties"
 POOLS = Path(__file__).resolve().parent / "fairscheduler.xml"
@@ -87,11 +88,8 @@ def session_conf(config: Config) -> dict[str, str]:
         # Delta rebuilds table state with a 50-partition shuffle by default: on a small cluster
         # that costs seconds per commit (measured 5 s -> 1.3 s per micro-batch at 400 rows).
         "spark.databricks.delta.snapshotPartitions": "1",
-        # A Delta checkpoint costs 2.5-9 s on two cores, and every table here takes a commit per
-        # micro-batch: at Delta's default of one per 10 commits a Silver batch (4-5 commits) paid
-        # for one every other batch. Tables created by the service checkpoint every 100 commits
-        # (40 one-row appends: 47 s -> 20 s); commits in between were measured not to slow down.
-        "spark.databricks.delta.properties.defaults.checkpointInterval": "100",
+        # Tables Spark itself creates (the geofence grid) checkpoint as those of `tables` do.
+        "spark.databricks.delta.properties.defaults.checkpointInterval": CHECKPOINT_INTERVAL,
         # `value` (Bronze's and quarantine's raw payloads) is unique per row: Parquet's attempt
         # at a dictionary for it is wasted work (a 300,000-row Bronze write: 3.2 s -> 2.5 s).
         "spark.hadoop.parquet.enable.dictionary#value": "false",

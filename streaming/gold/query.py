@@ -11,7 +11,7 @@ from streaming.commits import CommitGuard
 from streaming.config import Config
 from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT, GoldTable, recompute
 from streaming.gold.writer import GoldWriter
-from streaming.tables import ensure_table
+from streaming.tables import ensure_table, exists
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +26,8 @@ def silver_paths(config: Config, table: GoldTable) -> dict[str, str]:
 def ensure_gold_table(spark: SparkSession, config: Config, table: GoldTable) -> str:
     """Create the Gold table (empty, with the schema a recomputation would have)."""
     path = config.table_path(LAYER, table.name)
+    if exists(config, path):
+        return path
     empty = {
         entity: spark.read.format("delta").load(p).limit(0)
         for entity, p in silver_paths(config, table).items()
@@ -34,7 +36,7 @@ def ensure_gold_table(spark: SparkSession, config: Config, table: GoldTable) -> 
     if table.extend is not None:
         rows = rows.withColumn(SILVER_VERSION, F.lit(None).cast("long"))
     schema = rows.withColumn(UPDATED_AT, F.current_timestamp()).schema
-    ensure_table(spark, path, schema, table.partition_by)
+    ensure_table(config, path, schema, table.partition_by)
     return path
 
 

@@ -14,7 +14,7 @@ from streaming.pii import pads_frame
 from streaming.schemas import load_schemas
 from streaming.silver import transform
 from streaming.silver.writer import SilverPaths, SilverWriter
-from streaming.tables import ensure_table
+from streaming.tables import ensure_table, exists
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -65,33 +65,30 @@ def writer_for(
     writer = SilverWriter(
         inputs.contracts[entity], SilverPaths.of(config, entity), zones, pads, guard
     )
-    _ensure_outputs(spark, writer)
+    _ensure_outputs(spark, config, writer)
     return writer
 
 
 def _geofences(spark: SparkSession, config: Config, zones: list[Zone]) -> Geofences:
-    from delta.tables import DeltaTable
-
     path = config.table_path(LAYER, "geofences")
-    if not DeltaTable.isDeltaTable(spark, path):
-        write_geofences(spark, zones, path)
-    return read_geofences(spark, path).cache()
+    if not exists(config, path):
+        write_geofences(config, zones, path)
+    return read_geofences(spark, config, path).cache()
 
 
-def _ensure_outputs(spark: SparkSession, writer: SilverWriter) -> None:
+def _ensure_outputs(spark: SparkSession, config: Config, writer: SilverWriter) -> None:
     """Create every output table (empty) so readers and Gold's rebuilds always find them."""
-    from delta.tables import DeltaTable
-
     contract, paths = writer.contract, writer.paths
     needed = [paths.silver, paths.quarantine]
     if contract.entity == "telemetry":
         needed.append(paths.vehicle_state)
-    if all(DeltaTable.isDeltaTable(spark, path) for path in needed):
+    if all(exists(config, path) for path in needed):
         return  # a restart: their schemas need not be worked out again (about 0.4 s each)
     empty = bronze.to_bronze(spark.createDataFrame([], bronze.KAFKA_SCHEMA))
     rows = writer.validate(empty)
     fresh = transform.enrich(rows, contract, writer.zones, writer.pads)
-    ensure_table(spark, paths.silver, transform.silver_rows(fresh, 0).schema, contract.partition_by)
-    ensure_table(spark, paths.quarantine, transform.quarantine_rows(rows, 0).schema)
+    silver_schema = transform.silver_rows(fresh, 0).schema
+    ensure_table(config, paths.silver, silver_schema, contract.partition_by)
+    ensure_table(config, paths.quarantine, transform.quarantine_rows(rows, 0).schema)
     if contract.entity == "telemetry":
-        ensure_table(spark, paths.vehicle_state, transform.state_rows(fresh).schema)
+        ensure_table(config, paths.vehicle_state, transform.state_rows(fresh).schema)

@@ -103,18 +103,22 @@ class SilverWriter:
             self._fail_on_fatal(rows, batch_id)
         watermark = scan.advance(watermark, self.contract.watermark_seconds)
         rows = transform.mark_late(rows, watermark)
-        valid = held.keep(
-            transform.enrich(
-                rows.where(F.col("_rejection").isNull()), self.contract, self.zones, self.pads
-            )
-        )
         bounds = scan.bounds(watermark)
         existing = None
         if bounds is not None:
             existing = self._silver_before(spark, batch_id).where(bounds.condition())
-        # Materialised once, lineage cut: the writes below must neither recompute the decode,
-        # geofence and dedup joins nor see Silver after its own commit.
-        marked = held.keep(transform.mark_duplicates(valid, self.contract, existing))
+        # Duplicates are marked by their contract fields, before enrichment; then masked and
+        # geofenced. Materialised once, lineage cut: the writes below must neither recompute
+        # the dedup and geofence joins nor see Silver after its own commit.
+        good = rows.where(F.col("_rejection").isNull())
+        marked = held.keep(
+            transform.enrich(
+                transform.mark_duplicates(good, self.contract, existing),
+                self.contract,
+                self.zones,
+                self.pads,
+            )
+        )
         fresh, duplicates = transform.split_duplicates(marked)
         counts = scan.counts(*_fresh_and_duplicate(marked))
         if counts["stages"] or counts["duplicate"]:

@@ -307,7 +307,7 @@ def test_a_delete_in_silver_reaches_gold_through_its_touched_keys(spark, config)
 
     pipeline = Pipeline(spark, config)
     pipeline.batch("bookings", [booking("keep", BASE), booking("erase", BASE, "u-9")])
-    gold = GoldLayer(spark, config, CommitGuard(spark, "erase"))
+    gold = GoldLayer(spark, config, CommitGuard(config, "erase"))
     silver = DeltaTable.forPath(spark, config.table_path("silver", "bookings"))
 
     def erase(condition: str, erasure: int) -> None:

@@ -18,6 +18,7 @@ import pytest
 import shapely
 
 from streaming import geofence
+from streaming.config import load_config
 from streaming.errors import ConfigError
 from streaming.geofence import Zone
 from streaming.simulator.zones import load_zones
@@ -215,8 +216,9 @@ def test_plan_uses_sedona_broadcast_index_join(spark, zone_frame) -> None:  # ty
 
 def test_geofences_round_trip_through_delta(spark, zones, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "silver" / "geofences")
-    geofence.write_geofences(spark, zones, path)
-    table = geofence.read_geofences(spark, path)
+    config = load_config({"LAKEHOUSE_ROOT": str(tmp_path)})
+    geofence.write_geofences(config, zones, path)
+    table = geofence.read_geofences(spark, config, path)
     assert table.zones.columns == [*geofence.GEOFENCE_COLUMNS, "geometry"]
     rows = table.zones.selectExpr(
         "zone_id",
