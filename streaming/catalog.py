@@ -17,6 +17,7 @@ LAYERS = ("bronze", "silver", "quarantine", "gold", "audit", "ops")
 AUDIT_READS = ("audit", "reads")  # one row per read through `lakehouse serve`
 RUN_HISTORY = ("ops", "runs")  # one row per micro-batch of every pipeline
 AUDIT_MAINTENANCE = ("audit", "maintenance")  # one row per maintenance action
+REDRIVES = ("ops", "redrives")  # one row per finished quarantine re-drive
 
 
 @dataclass(frozen=True, order=True)
@@ -40,6 +41,7 @@ def all_tables() -> list[TableRef]:
     tables.append(TableRef(*AUDIT_READS))
     tables.append(TableRef(*AUDIT_MAINTENANCE))
     tables.append(TableRef(*RUN_HISTORY))
+    tables.append(TableRef(*REDRIVES))
     return sorted(tables, key=lambda t: (LAYERS.index(t.layer), t.name))
 
 

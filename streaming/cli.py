@@ -193,6 +193,25 @@ def _maintain(config: Config, args: argparse.Namespace) -> int:
         return 0
 
 
+def _redrive(config: Config, args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from streaming import lease
+    from streaming.redrive import check_selection, redrive
+    from streaming.silver.query import check_inputs
+    from streaming.spark import build_spark
+
+    inputs = check_inputs(config)
+    selection = check_selection(inputs, args.entity, args.stage, args.rule, args.since)
+    # A dry run only reads; a re-drive writes Silver and Gold, as their one writer.
+    holding = nullcontext() if args.dry_run else lease.writer_leases(config, ["silver", "gold"])
+    with holding:
+        spark = build_spark(config, app_name="lakehouse-redrive")
+        report = redrive(spark, config, inputs, selection, args.dry_run)
+    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else report.line())
+    return 0
+
+
 def _status(config: Config, args: argparse.Namespace) -> int:
     from streaming.status import Stale, render, status
 
@@ -326,6 +345,17 @@ def _parser() -> argparse.ArgumentParser:
     maintain.add_argument("--no-vacuum", action="store_true", help="compact, do not vacuum")
     maintain.add_argument("--json", action="store_true", help="the actions as JSON")
     maintain.set_defaults(handler=_maintain)
+
+    redrive = commands.add_parser(
+        "redrive", help="quarantined rows through today's contract again (Silver, then Gold)"
+    )
+    redrive.add_argument("entity", help="telemetry, bookings, user_events, external, feedback")
+    redrive.add_argument("--stage", help="decode, schema, rule or late (default: all four)")
+    redrive.add_argument("--rule", help="only rows that failed this rule id")
+    redrive.add_argument("--since", help="only rows quarantined at or after this ISO time")
+    redrive.add_argument("--dry-run", action="store_true", help="say what it would do")
+    redrive.add_argument("--json", action="store_true", help="the report as JSON")
+    redrive.set_defaults(handler=_redrive)
 
     status = commands.add_parser(
         "status", help="pipelines' last batches, Kafka lag, Gold freshness, quarantine by rule"

@@ -89,8 +89,12 @@ class CommitGuard:
             self._known[path] = Committed(batch_id, -1)  # the version is read only on a restart
         return True
 
-    def version(self, path: str) -> int:
-        """The table's newest version."""
+    def holding(self, path: str, batch_id: int) -> int:
+        """The version of `path` that holds the batch's commit (the newest version when the
+        commit was made by this process: its version is not read back)."""
+        own = self.committed(path, batch_id)
+        if own is not None and own.version >= 0:
+            return own.version
         table = self._open(path)
         assert table is not None, path
         return table.version()

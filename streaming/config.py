@@ -136,7 +136,7 @@ class S3Config:
     access_key_id: str | None = None
     secret_access_key: Secret | None = None
     session_token: Secret | None = None
-    # "single-driver": one writing driver per table, enforced by a lease (streaming.s3.lease);
+    # "single-driver": one writing driver per table, enforced by a lease (streaming.lease);
     # "dynamodb": Delta's S3DynamoDBLogStore makes concurrent writers safe.
     log_store: str = "single-driver"
     dynamodb_table: str = "delta_log"

@@ -33,7 +33,7 @@ from streaming import bronze
 from streaming.commits import BatchScope, CommitGuard
 from streaming.config import ENTITIES, Config
 from streaming.frames import HeldFrames
-from streaming.gold.query import GoldLayer, as_inserts
+from streaming.gold.query import GoldLayer
 from streaming.silver.query import SilverInputs, silver_writers
 from streaming.silver.watermarks import WatermarkStore
 from streaming.spark import PIPELINE_POOL, POOL_PROPERTY, stream_writer
@@ -146,7 +146,7 @@ class BatchWriter:
                 rows = held.keep(bronze.to_bronze(batch) if "bronze" in self.layers else batch)
                 by_entity = self._split(rows, report)
                 if by_entity:
-                    self._layers(spark, by_entity, batch_id, report, held)
+                    self._layers(by_entity, batch_id, report, held)
         finally:
             held.release()
         report.ended_at = datetime.now(UTC)
@@ -157,7 +157,6 @@ class BatchWriter:
 
     def _layers(
         self,
-        spark: SparkSession,
         by_entity: dict[str, DataFrame],
         batch_id: int,
         report: BatchReport,
@@ -173,7 +172,7 @@ class BatchWriter:
             report.watermarks = {r.entity: r.watermark for r in results if r.watermark}
             if self.gold is not None:
                 with _timed(report, "gold"):
-                    self._gold(spark, results, batch_id, report)
+                    self._gold(results, batch_id, report)
 
     def _split(self, rows: DataFrame, report: BatchReport) -> dict[str, DataFrame]:
         """The batch's rows per entity, for the entities that have any (one small job)."""
@@ -215,30 +214,15 @@ class BatchWriter:
             self.watermarks.record(batch_id, after)
         return results
 
-    def _gold(
-        self, spark: SparkSession, results: list[SilverResult], batch_id: int, report: BatchReport
-    ) -> None:
+    def _gold(self, results: list[SilverResult], batch_id: int, report: BatchReport) -> None:
         assert self.gold is not None
-        versioned = self.gold.extended_sources()  # only an extension reads the version
-        changes = {
-            r.entity: as_inserts(
-                r.fresh,
-                self._silver_version(r.entity, batch_id) if r.entity in versioned else None,
-            )
-            for r in results
-            if r.fresh is not None
-        }
-        names = self.gold.tables_for(set(changes))
-        summaries = self._each(names, lambda n: self.gold.add(n, changes, batch_id))  # type: ignore[union-attr]
-        report.gold = {n: s for n, s in zip(names, summaries, strict=True) if s is not None}
-
-    def _silver_version(self, entity: str, batch_id: int) -> int:
-        """The Silver version that holds the batch's rows of `entity`."""
-        path = self.silver[entity].paths.silver
-        own = self.guard.committed(path, batch_id)
-        if own is not None and own.version >= 0:
-            return own.version
-        return self.guard.version(path)
+        fresh = {r.entity: r.fresh for r in results if r.fresh is not None}
+        report.gold = self.gold.update(
+            fresh,
+            lambda entity: self.guard.holding(self.silver[entity].paths.silver, batch_id),
+            batch_id,
+            self._each,
+        )
 
     def _each(self, items: list[str], work: Callable[[str], _T]) -> list[_T]:
         """`work` on every item side by side. A failure fails the batch, once every item has

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streaming import jars, pipeline
+from streaming import jars, lease, pipeline
 from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError, QueryError
 from streaming.history import RunHistory
 from streaming.kafka.admin import require_topics
 from streaming.metrics import PipelineMetrics, ProgressListener
-from streaming.s3 import lease as s3_lease
 from streaming.s3 import storage as s3_storage
 from streaming.silver.query import SilverInputs, check_inputs
 from streaming.spark import build_spark
@@ -55,7 +54,7 @@ def run(config: Config, name: str, once: bool) -> None:
             "(or `run all` for Kafka -> Bronze -> Silver -> Gold)",
         )
     plan = preflight(config, name)
-    with s3_lease.writer_leases(config, plan.layers):  # one writer per table on S3
+    with lease.writer_leases(config, plan.layers):  # one writer per layer
         _run(config, plan, once)
 
 

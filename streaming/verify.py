@@ -151,6 +151,8 @@ def check_silver(spark: SparkSession, config: Config, entity: str) -> SilverChec
     """bronze rows = silver + quarantined + duplicates, row for row (Kafka coordinates).
 
     Duplicates are the quarantine rows of stage `duplicate`; `quarantined` counts the others.
+    Quarantine rows that a re-drive took (`_redriven_by`) are not counted: the re-drive put
+    each of them in Silver or back in quarantine.
     """
     keys = ["_kafka_topic", "_kafka_partition", "_kafka_offset"]
 
@@ -158,6 +160,8 @@ def check_silver(spark: SparkSession, config: Config, entity: str) -> SilverChec
         return spark.read.format("delta").load(config.table_path(layer, table))
 
     quarantine = load("quarantine", entity)
+    if "_redriven_by" in quarantine.columns:  # a re-driven row counts where the re-drive put it
+        quarantine = quarantine.where(F.col("_redriven_by").isNull())
     # Duplicates are quarantined with stage `duplicate`: counted apart from the rejected rows.
     place = F.when(F.col("stage") == "duplicate", "duplicate").otherwise("quarantine")
     placed = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,27 @@ class GoldLayer:
     def extended_sources(self) -> set[str]:
         """The Silver entities of tables with an extension: their changes carry a version."""
         return {e for w in self.writers.values() if w.table.extend for e in w.table.sources}
+
+    def update(
+        self,
+        fresh: dict[str, DataFrame],
+        silver_version: Callable[[str], int],
+        batch_id: int,
+        each: Callable[[list[str], Callable[[str], Any]], list[Any]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """A batch's fresh Silver rows per entity into every Gold table they touch; the summary
+        of each table that changed. `silver_version(entity)`: the Silver version holding the
+        rows (read only for the sources of an extended table); `each`: how the tables are run
+        (side by side in the pipeline's threads; in order by default)."""
+        versioned = self.extended_sources()
+        changes = {
+            entity: as_inserts(rows, silver_version(entity) if entity in versioned else None)
+            for entity, rows in fresh.items()
+        }
+        names = self.tables_for(set(changes))
+        run = each or (lambda items, work: [work(item) for item in items])
+        summaries = run(names, lambda name: self.add(name, changes, batch_id))
+        return {n: s for n, s in zip(names, summaries, strict=True) if s is not None}
 
     def tables_for(self, entities: set[str]) -> list[str]:
         """The Gold tables that rows of `entities` touch."""

@@ -1,1 +1,1 @@
-"""Tables and checkpoints on S3 (`s3a://`): engine settings, the writer lease, a local server."""
+"""Tables and checkpoints on S3 (`s3a://`): engine settings and a local server."""

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from streaming import lease
 from streaming.config import Config, load_config
 from streaming.errors import ConfigError
 from streaming.gold.aggregates import TABLES
-from streaming.s3 import lease, server, storage
+from streaming.s3 import server, storage
 from tests.builders import LAKEHOUSE, lakehouse, one_clear_line
 from tests.conftest import _free_ports
 

@@ -1,19 +1,23 @@
-"""One writing process per layer when Delta tables live on S3 with the single-driver log store.
+"""One writing process per layer: `lakehouse run`, `redrive` and `replay` hold a lease per layer.
 
-Delta's `S3SingleDriverLogStore` is only safe while one driver writes a table: S3A gives Delta
-no put-if-absent, so two drivers can both commit version N and one commit is silently lost.
-`lakehouse run` therefore holds a lease per layer it writes, the object
-`<root>/_writers/<layer>.lease` (host, pid, start time, a random token), and refreshes it every
-30 s from a background thread. A start that finds a lease refreshed less than 2 minutes ago
-refuses, naming the holder.
+Each layer's tables have one writer. The pipeline relies on it (Silver's dedup reads the Silver
+it appends to; vehicle_state is rewritten from the state it read; commit marks are read once at
+start), and on S3 with Delta's `S3SingleDriverLogStore` so does Delta itself: S3A gives Delta no
+put-if-absent, so two drivers can both commit version N and one commit is silently lost.
 
-Limits: the lease is written with plain PUTs (pyarrow has no conditional put). Two starts in the
-same moment are told apart by write, wait, read back: the last writer wins and the other backs
+A writer holds the object (or, for a local root, the file) `<root>/_writers/<layer>.lease`
+(host, pid, start time, a random token) and refreshes it every 30 s from a background thread.
+A start that finds a lease refreshed less than 2 minutes ago by a live process refuses, naming
+the holder; a lease left by a dead process of this machine is taken at once.
+
+Limits: the lease is written with plain writes (pyarrow has no conditional put). Two starts in
+the same moment are told apart by write, wait, read back: the last writer wins and the other backs
 off, so only a start that stalls for longer than that wait between its check and its write can
 still slip through. A holder that cannot refresh for 2 minutes (a partition, a long pause) loses
-the lease to the next start; its heartbeat notices and stops it. Staleness compares the object's
-Last-Modified (the S3 server's clock) with this host's clock. For real concurrent writers use
-LAKEHOUSE_DELTA_LOG_STORE=dynamodb, which needs no lease.
+the lease to the next start; its heartbeat notices and stops it. On S3, staleness compares the
+object's Last-Modified (the S3 server's clock) with this host's clock. With
+LAKEHOUSE_DELTA_LOG_STORE=dynamodb Delta's commits are safe from many drivers; the lease still
+keeps one writer per layer, which the pipeline itself relies on.
 """
 
 from __future__ import annotations
@@ -30,20 +34,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streaming.config import Config
 from streaming.errors import ConfigError
 from streaming.processes import alive
-from streaming.s3.storage import filesystem, s3_error, single_driver, split
+from streaming.s3.storage import filesystem, is_s3, s3_error, split
 
 if TYPE_CHECKING:
-    from pyarrow.fs import S3FileSystem
+    from pyarrow.fs import FileSystem
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0
 SETTLE_S = 2.0
+LOCAL_SETTLE_S = 0.2  # a local file is seen by every process as soon as it is written
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ class WriterLeases:
 
     def __init__(
         self,
-        fs: S3FileSystem,
+        fs: FileSystem,
         paths: list[str],
         holder: Holder,
         on_lost: Callable[[], None],
@@ -139,8 +145,18 @@ class WriterLeases:
 
 
 def lease_path(config: Config, layer: str) -> str:
+    if not is_s3(config.root):
+        return str(Path(config.root).resolve() / "_writers" / f"{layer}.lease")
     bucket, prefix = split(config.root)
     return "/".join(part for part in (bucket, prefix, "_writers", f"{layer}.lease") if part)
+
+
+def _filesystem(config: Config) -> FileSystem:
+    if is_s3(config.root):
+        return filesystem(config.s3)
+    from pyarrow.fs import LocalFileSystem
+
+    return LocalFileSystem()
 
 
 def acquire(
@@ -151,7 +167,7 @@ def acquire(
     settle_s: float = SETTLE_S,
 ) -> WriterLeases:
     """Take the lease of every layer or none: a ConfigError names a live holder."""
-    fs = filesystem(config.s3)
+    fs = _filesystem(config)
     holder = holder or Holder.this_process()
     leases = WriterLeases(
         fs, [lease_path(config, layer) for layer in layers], holder, on_lost or _stop_this_process
@@ -172,6 +188,11 @@ def acquire(
         raise
     except OSError as exc:
         leases.release()
+        if not is_s3(config.root):
+            raise ConfigError(
+                f"cannot write the writer lease under {config.root}: {exc}",
+                hint="the lake's folder must be writable",
+            ) from None
         raise s3_error(config, f"the writer lease under {config.root}", exc) from None
     leases.start()
     log.info("writer lease held for %s under %s", ", ".join(layers), config.root)
@@ -180,11 +201,8 @@ def acquire(
 
 @contextmanager
 def writer_leases(config: Config, layers: list[str]) -> Iterator[WriterLeases | None]:
-    """Hold the layers' leases for the body; nothing to hold off S3 or with a DynamoDB log."""
-    if not single_driver(config):
-        yield None
-        return
-    leases = acquire(config, layers)
+    """Hold the layers' leases for the body."""
+    leases = acquire(config, layers, settle_s=SETTLE_S if is_s3(config.root) else LOCAL_SETTLE_S)
     try:
         yield leases
     finally:
@@ -210,12 +228,28 @@ def _refused(config: Config, layer: str, current: Holder, age_s: float) -> Confi
     return ConfigError(
         f"another process writes the {layer} tables under {config.root}: {current.describe()}, "
         f"lease refreshed {age_s:.0f} s ago",
-        hint="stop it first: Delta on S3 with the single-driver log store allows one writer per "
-        f"table (a crashed writer's lease expires {STALE_AFTER_S:.0f} s after its last refresh)",
+        hint="stop it first: each layer has one writer (a crashed writer's lease is taken at "
+        f"once on its own machine, elsewhere {STALE_AFTER_S:.0f} s after its last refresh)",
     )
 
 
-def _read(fs: S3FileSystem, path: str) -> tuple[Holder, float] | None:
+def holders(config: Config) -> dict[str, tuple[Holder, float]]:
+    """Per layer, the lease's holder and the seconds since its refresh (for `status`)."""
+    from streaming.catalog import LAYERS
+
+    fs = _filesystem(config)
+    found = {}
+    for layer in LAYERS:
+        try:
+            current = _read(fs, lease_path(config, layer))
+        except OSError:
+            continue
+        if current is not None:
+            found[layer] = current
+    return found
+
+
+def _read(fs: FileSystem, path: str) -> tuple[Holder, float] | None:
     """(holder, seconds since its last refresh), or None when there is no lease."""
     from pyarrow.fs import FileType
 
@@ -228,7 +262,11 @@ def _read(fs: S3FileSystem, path: str) -> tuple[Holder, float] | None:
     return holder, max(0.0, time.time() - modified)
 
 
-def _write(fs: S3FileSystem, path: str, holder: Holder) -> None:
+def _write(fs: FileSystem, path: str, holder: Holder) -> None:
+    from pyarrow.fs import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as out:
         out.write(holder.encode())
 

@@ -1,0 +1,132 @@
+"""`lakehouse redrive` on a real lake: a wrong rule quarantines valid rows, the rule is fixed,
+the re-drive brings exactly those rows to Silver and Gold, once; bad input is one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from streaming import bronze, lease
+from streaming.config import ENTITIES, Config, load_config
+from streaming.gold.aggregates import TABLES
+from streaming.pipeline import BatchWriter
+from streaming.redrive import REDRIVEN, check_selection, redrive
+from streaming.silver.query import check_inputs
+from streaming.simulator.stream import MessageStream
+from streaming.verify import check_gold, check_silver
+from tests.builders import lakehouse, one_clear_line
+from tests.conftest import PROJECT, lake_env
+
+PII_KEY = "test-only-pii-key-0123456789abcdef"
+RULE = "battery_level_range"
+KEYS = ["_kafka_partition", "_kafka_offset"]
+
+
+def _lake(root: Path, contracts: Path | None = None) -> Config:
+    env = {**lake_env(root, "127.0.0.1:1", "r."), "LAKEHOUSE_PII_KEY": PII_KEY}
+    if contracts is not None:
+        env["LAKEHOUSE_CONTRACTS"] = str(contracts)
+    return load_config(env)
+
+
+def _wrong_contracts(folder: Path) -> Path:
+    """The contracts with telemetry's battery range wrongly capped at 50 instead of 100."""
+    shutil.copytree(PROJECT / "contracts", folder)
+    path = folder / "telemetry.toml"
+    text = path.read_text()
+    start = text.index(f'id = "{RULE}"')
+    fixed = text[start:].replace("max_value = 100", "max_value = 50", 1)
+    path.write_text(text[:start] + fixed)
+    return folder
+
+
+def _batch(spark):  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC).replace(microsecond=0)
+    messages = MessageStream("all", seed=11, vehicles=400).next_chunk(150, now)
+    offsets = dict.fromkeys(ENTITIES, 0)
+    rows = []
+    for m in messages:
+        rows.append((m.key, m.value, f"r.{m.entity}", 0, offsets[m.entity], now, 0, []))
+        offsets[m.entity] += 1
+    return spark.createDataFrame(rows, bronze.KAFKA_SCHEMA).localCheckpoint()
+
+
+def _versions(spark, config: Config) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    from delta.tables import DeltaTable
+
+    paths = [config.table_path(layer, "telemetry") for layer in ("silver", "quarantine")]
+    paths += [config.table_path("gold", name) for name in TABLES]
+    return {p: DeltaTable.forPath(spark, p).history(1).first()["version"] for p in paths}
+
+
+@pytest.mark.slow
+def test_a_fixed_rule_redrives_exactly_its_rows_to_silver_and_gold_once(
+    spark, tmp_path: Path
+) -> None:
+    wrong = _lake(tmp_path, _wrong_contracts(tmp_path / "contracts"))
+    BatchWriter(spark, wrong, "all", check_inputs(wrong))(_batch(spark), 0)
+    quarantine = spark.read.format("delta").load(wrong.table_path("quarantine", "telemetry"))
+    wrongly = quarantine.where(F.array_contains("rule_ids", RULE)).select(*KEYS).collect()
+    assert len(wrongly) > 10, "the wrong rule must have caught valid rows"
+
+    fixed = _lake(tmp_path)  # the same lake, the shipped (right) contracts
+    inputs = check_inputs(fixed)
+    selection = check_selection(inputs, "telemetry", rule=RULE)
+    before = _versions(spark, fixed)
+    dry = redrive(spark, fixed, inputs, selection, dry_run=True)
+    assert (dry.selected, dry.passing, dry.unchanged) == (len(wrongly), len(wrongly), 0)
+    assert _versions(spark, fixed) == before, "a dry run wrote"
+
+    done = redrive(spark, fixed, inputs, selection)
+    assert done.redrive_id == 1
+    assert (done.taken, done.to_silver, done.duplicate) == (len(wrongly), len(wrongly), 0)
+    assert done.quarantined == {}
+    assert done.gold, "the re-driven rows reached no Gold table"
+    silver = spark.read.format("delta").load(fixed.table_path("silver", "telemetry"))
+    arrived = silver.where(F.col("_batch_id") == 1).select(*KEYS).collect()
+    assert sorted(arrived) == sorted(wrongly)
+    claimed = spark.read.format("delta").load(fixed.table_path("quarantine", "telemetry"))
+    assert claimed.where(F.col(REDRIVEN) == 1).count() == len(wrongly)
+
+    books = check_silver(spark, fixed, "telemetry")
+    assert books.ok and books.quarantined == 0 and books.silver == silver.count(), books
+    for name, table in TABLES.items():
+        if "telemetry" in table.sources:
+            check = check_gold(spark, fixed, name)
+            assert check.ok and check.gold_rows > 0, check
+
+    after = _versions(spark, fixed)
+    again = redrive(spark, fixed, inputs, selection)
+    assert (again.selected, again.taken, again.redrive_id) == (0, 0, None)
+    assert _versions(spark, fixed) == after, "a second re-drive changed a table"
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["nosuch"], ["unknown entity 'nosuch'", "telemetry"]),
+        (["telemetry", "--stage", "duplicate"], ["duplicates are not re-driven"]),
+        (["telemetry", "--stage", "parse"], ["unknown stage 'parse'", "decode"]),
+        (["telemetry", "--rule", "no_such_rule"], ["unknown rule 'no_such_rule'"]),
+        (["telemetry", "--since", "yesterday"], ["--since 'yesterday' is not a time"]),
+    ],
+)
+def test_bad_flags_are_one_line_and_change_nothing(lake, flags, phrases) -> None:  # type: ignore[no-untyped-def]
+    result = lakehouse("redrive", *flags, env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY))
+    one_clear_line(result, 2, *phrases)
+    assert not Path(lake.config.root).exists(), "a refused re-drive touched the lake"
+
+
+def test_a_redrive_is_refused_while_a_writer_holds_silver(lake) -> None:  # type: ignore[no-untyped-def]
+    holder = lease.Holder.this_process()
+    held = lease.acquire(lake.config, ["silver", "gold"], holder, settle_s=0)
+    try:
+        result = lakehouse("redrive", "telemetry", env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY))
+    finally:
+        held.release()
+    one_clear_line(result, 2, "another process writes the silver tables", f"pid {os.getpid()}")
