@@ -18,6 +18,7 @@ AUDIT_READS = ("audit", "reads")  # one row per read through `lakehouse serve`
 RUN_HISTORY = ("ops", "runs")  # one row per micro-batch of every pipeline
 AUDIT_MAINTENANCE = ("audit", "maintenance")  # one row per maintenance action
 REDRIVES = ("ops", "redrives")  # one row per finished quarantine re-drive
+REPLAYS = ("ops", "replays")  # a row when a replay from Bronze starts, one when it ends
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +43,7 @@ def all_tables() -> list[TableRef]:
     tables.append(TableRef(*AUDIT_MAINTENANCE))
     tables.append(TableRef(*RUN_HISTORY))
     tables.append(TableRef(*REDRIVES))
+    tables.append(TableRef(*REPLAYS))
     return sorted(tables, key=lambda t: (LAYERS.index(t.layer), t.name))
 
 

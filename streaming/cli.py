@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from streaming.bench.options import add_arguments as add_bench_arguments
 from streaming.config import ENTITIES, Config, load_config
@@ -194,20 +195,43 @@ def _maintain(config: Config, args: argparse.Namespace) -> int:
 
 
 def _redrive(config: Config, args: argparse.Namespace) -> int:
+    from streaming.redrive import check_selection, redrive
+
+    def command(inputs: Any) -> Callable[[Any], Any]:
+        selection = check_selection(inputs, args.entity, args.stage, args.rule, args.since)
+        return lambda spark: redrive(spark, config, inputs, selection, args.dry_run)
+
+    return _rewrite(config, args, "redrive", command)
+
+
+def _replay(config: Config, args: argparse.Namespace) -> int:
+    from streaming.replay import check_range, replay
+
+    def command(inputs: Any) -> Callable[[Any], Any]:
+        wanted = check_range(inputs, args.entity, args.start, args.end)
+        return lambda spark: replay(spark, config, inputs, wanted, args.dry_run)
+
+    return _rewrite(config, args, "replay", command)
+
+
+def _rewrite(
+    config: Config,
+    args: argparse.Namespace,
+    name: str,
+    command: Callable[[Any], Callable[[Any], Any]],
+) -> int:
+    """A command that rewrites Silver and Gold: its flags checked before Spark starts, then run
+    as the layers' one writer (a dry run only reads), its report printed."""
     from contextlib import nullcontext
 
     from streaming import lease
-    from streaming.redrive import check_selection, redrive
     from streaming.silver.query import check_inputs
     from streaming.spark import build_spark
 
-    inputs = check_inputs(config)
-    selection = check_selection(inputs, args.entity, args.stage, args.rule, args.since)
-    # A dry run only reads; a re-drive writes Silver and Gold, as their one writer.
+    run = command(check_inputs(config))
     holding = nullcontext() if args.dry_run else lease.writer_leases(config, ["silver", "gold"])
     with holding:
-        spark = build_spark(config, app_name="lakehouse-redrive")
-        report = redrive(spark, config, inputs, selection, args.dry_run)
+        report = run(build_spark(config, app_name=f"lakehouse-{name}"))
     print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else report.line())
     return 0
 
@@ -356,6 +380,16 @@ def _parser() -> argparse.ArgumentParser:
     redrive.add_argument("--dry-run", action="store_true", help="say what it would do")
     redrive.add_argument("--json", action="store_true", help="the report as JSON")
     redrive.set_defaults(handler=_redrive)
+
+    replay = commands.add_parser(
+        "replay", help="rebuild an entity's Silver and Gold for a range of Kafka time from Bronze"
+    )
+    replay.add_argument("entity", help="telemetry, bookings, user_events, external, feedback")
+    replay.add_argument("--from", dest="start", required=True, help="ISO time (inclusive)")
+    replay.add_argument("--to", dest="end", help="ISO time (exclusive; default: now)")
+    replay.add_argument("--dry-run", action="store_true", help="count the rows it would replay")
+    replay.add_argument("--json", action="store_true", help="the report as JSON")
+    replay.set_defaults(handler=_replay)
 
     status = commands.add_parser(
         "status", help="pipelines' last batches, Kafka lag, Gold freshness, quarantine by rule"

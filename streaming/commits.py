@@ -95,6 +95,10 @@ class CommitGuard:
         own = self.committed(path, batch_id)
         if own is not None and own.version >= 0:
             return own.version
+        return self.newest(path)
+
+    def newest(self, path: str) -> int:
+        """The table's newest version."""
         table = self._open(path)
         assert table is not None, path
         return table.version()

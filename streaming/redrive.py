@@ -69,52 +69,70 @@ class Selection:
 
 
 @dataclass
-class RedriveReport:
+class Rewrite:
+    """What a command that rewrites an entity's Silver and Gold did (or, dry, would do)."""
+
     entity: str
-    redrive_id: int | None
-    selection: str
-    dry_run: bool
-    resumed: bool = False
+    number: int | None = None  # the re-drive's or replay's number (its batch id)
+    dry_run: bool = False
+    resumed: bool = False  # it finished an earlier run that had died
+    to_silver: int = 0
+    duplicate: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)  # per stage
+    gold: dict[str, int] = field(default_factory=dict)  # rows upserted per Gold table
+    seconds: float = 0.0
+
+    def head(self, command: str) -> str:
+        text = f"{command} {self.entity}" + (f" #{self.number}" if self.number else "")
+        return (
+            text + (" (dry run)" if self.dry_run else "") + (" (resumed)" if self.resumed else "")
+        )
+
+    def outcome(self) -> list[str]:
+        again = ", ".join(f"{n} {stage}" for stage, n in sorted(self.quarantined.items()))
+        parts = [f"{self.to_silver} to Silver, {self.duplicate} duplicates"]
+        parts.append(f"quarantined: {again or 0}")
+        if self.gold:
+            parts.append("gold " + ", ".join(f"{t} {n}" for t, n in sorted(self.gold.items())))
+        return parts
+
+    def take(self, counts: dict[str, Any]) -> None:
+        """The Silver layer's books of the rewrite's batch."""
+        self.to_silver = int(counts["valid"])
+        self.duplicate = int(counts["duplicate"])
+        self.quarantined = {k: int(v) for k, v in counts["stages"].items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RedriveReport(Rewrite):
+    selection: str = ""
     selected: int = 0  # quarantined rows matching the selection, not yet re-driven
     no_bronze: int = 0  # of those, rows whose Bronze row has expired (cannot be re-driven)
     unchanged: int = 0  # would fail exactly as before: left in quarantine as they are
     taken: int = 0  # claimed and judged again
     passing: int = 0  # pass today's contract (Silver, or quarantine as a duplicate)
-    to_silver: int = 0
-    duplicate: int = 0
-    quarantined: dict[str, int] = field(default_factory=dict)  # per new stage
     late_dates: list[str] = field(default_factory=list)  # event dates of re-driven late rows
-    gold: dict[str, int] = field(default_factory=dict)  # rows upserted per Gold table
-    seconds: float = 0.0
 
     def line(self) -> str:
-        head = f"redrive {self.entity}" + (f" #{self.redrive_id}" if self.redrive_id else "")
-        head += " (dry run)" if self.dry_run else ""
-        head += " (resumed)" if self.resumed else ""
         parts = [f"{self.selected} selected ({self.selection})"]
         if self.no_bronze:
             parts.append(f"{self.no_bronze} without their Bronze row (expired): left")
         parts.append(f"{self.unchanged} would fail as before: left")
         if self.dry_run:
             parts.append(f"{self.passing} pass today's contract")
-            failing = self.taken - self.passing
-            parts.append(f"{failing} fail for another reason")
+            parts.append(f"{self.taken - self.passing} fail for another reason")
         else:
-            parts.append(f"{self.to_silver} to Silver, {self.duplicate} duplicates")
-            again = ", ".join(f"{n} {stage}" for stage, n in sorted(self.quarantined.items()))
-            parts.append(f"quarantined again: {again or 0}")
-            if self.gold:
-                parts.append("gold " + ", ".join(f"{t} {n}" for t, n in sorted(self.gold.items())))
-        text = f"{head}: " + "; ".join(parts) + f" ({self.seconds:.1f} s)"
+            parts += self.outcome()
+        text = f"{self.head('redrive')}: " + "; ".join(parts) + f" ({self.seconds:.1f} s)"
         if self.late_dates:
             text += (
                 f"\n  late rows reached Silver: Gold's rows of their hours on "
                 f"{', '.join(self.late_dates)} now count them"
             )
         return text
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def check_selection(
@@ -171,14 +189,9 @@ def redrive(
     started = time.monotonic()
     entity = selection.entity
     paths = SilverPaths.of(config, entity)
-    for path in (paths.quarantine, config.table_path(bronze.LAYER, entity)):
-        if not exists(config, path):
-            raise ConfigError(
-                f"{path} is not a Delta table yet",
-                hint="run the pipeline first: `lakehouse run all`",
-            )
+    require_tables(config, paths.quarantine, config.table_path(bronze.LAYER, entity))
     contract = inputs.contracts[entity]
-    report = RedriveReport(entity, None, selection.describe(), dry_run)
+    report = RedriveReport(entity, dry_run=dry_run, selection=selection.describe())
     pending = None if dry_run else _unfinished(spark, config, paths.quarantine, entity)
     if pending is None:
         candidates = _candidates(spark, config, paths.quarantine, selection)
@@ -199,11 +212,20 @@ def redrive(
         _claim(spark, paths.quarantine, judged, redrive_id, entity)
     else:
         redrive_id, report.resumed = pending, True
-    report.redrive_id = redrive_id
+    report.number = redrive_id
     _apply(spark, config, inputs, entity, redrive_id, report)
     report.seconds = time.monotonic() - started
     _record(config, selection, report)
     return report
+
+
+def require_tables(config: Config, *paths: str) -> None:
+    for path in paths:
+        if not exists(config, path):
+            raise ConfigError(
+                f"{path} is not a Delta table yet",
+                hint="run the pipeline first: `lakehouse run all`",
+            )
 
 
 def _candidates(
@@ -289,19 +311,23 @@ def _unfinished(
 
 
 def _finished(config: Config, entity: str) -> set[int]:
+    return {int(r["redrive_id"]) for r in read_records(config, REDRIVES, entity)}
+
+
+def read_records(config: Config, table: tuple[str, str], entity: str) -> list[dict[str, Any]]:
+    """The rows of one of the service's own record tables (`ops.*`) about `entity`."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     from streaming.s3.storage import delta_rs_uri, storage_options
 
     try:
-        table = DeltaTable(
-            delta_rs_uri(TableRef(*REDRIVES).path(config)), storage_options=storage_options(config)
+        found = DeltaTable(
+            delta_rs_uri(TableRef(*table).path(config)), storage_options=storage_options(config)
         )
     except TableNotFoundError:
-        return set()
-    rows = table.to_pyarrow_table(columns=["entity", "redrive_id"]).to_pylist()
-    return {int(r["redrive_id"]) for r in rows if r["entity"] == entity}
+        return []
+    return [r for r in found.to_pyarrow_table().to_pylist() if r["entity"] == entity]
 
 
 def _claim(
@@ -356,11 +382,8 @@ def _apply(
     try:
         with BatchScope(spark, pipeline, redrive_id):
             result = writer.process(held.keep(rows), redrive_id, None, held)
-            counts = result.counts
-            report.taken = int(counts["bronze"])
-            report.to_silver = int(counts["valid"])
-            report.duplicate = int(counts["duplicate"])
-            report.quarantined = {k: int(v) for k, v in counts["stages"].items()}
+            report.take(result.counts)
+            report.taken = int(result.counts["bronze"])
             report.passing = report.to_silver + report.duplicate
             if result.fresh is not None:
                 report.late_dates = _late_dates(claimed, result.fresh)
@@ -408,7 +431,7 @@ def _record(config: Config, selection: Selection, report: RedriveReport) -> None
     """The re-drive's end, one row of ops.redrives (a re-drive without one is resumed)."""
     now = datetime.now(UTC)
     row = {
-        "redrive_id": report.redrive_id,
+        "redrive_id": report.number,
         "entity": report.entity,
         "selection": selection.describe(),
         "at": now,

@@ -1,11 +1,14 @@
-"""`lakehouse redrive` on a real lake: a wrong rule quarantines valid rows, the rule is fixed,
-the re-drive brings exactly those rows to Silver and Gold, once; bad input is one line."""
+"""`lakehouse redrive` and `lakehouse replay` on a real lake (real Spark and Delta, no broker).
+
+Re-drive: a wrong rule quarantines valid rows, the rule is fixed, the re-drive brings exactly
+those rows to Silver and Gold, once. Replay: a derivation changes, one hour is replayed from
+Bronze, that hour reflects the change and the other does not. Bad input is one line."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from streaming.config import ENTITIES, Config, load_config
 from streaming.gold.aggregates import TABLES
 from streaming.pipeline import BatchWriter
 from streaming.redrive import REDRIVEN, check_selection, redrive
+from streaming.replay import check_range, replay
 from streaming.silver.query import check_inputs
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_gold, check_silver
@@ -45,10 +49,10 @@ def _wrong_contracts(folder: Path) -> Path:
     return folder
 
 
-def _batch(spark):  # type: ignore[no-untyped-def]
-    now = datetime.now(UTC).replace(microsecond=0)
-    messages = MessageStream("all", seed=11, vehicles=400).next_chunk(150, now)
-    offsets = dict.fromkeys(ENTITIES, 0)
+def _batch(spark, entity: str = "all", now: datetime | None = None, start: int = 0):  # type: ignore[no-untyped-def]
+    now = now or datetime.now(UTC).replace(microsecond=0)
+    messages = MessageStream(entity, seed=11 + start, vehicles=400).next_chunk(150, now)
+    offsets = dict.fromkeys(ENTITIES, start)
     rows = []
     for m in messages:
         rows.append((m.key, m.value, f"r.{m.entity}", 0, offsets[m.entity], now, 0, []))
@@ -83,7 +87,7 @@ def test_a_fixed_rule_redrives_exactly_its_rows_to_silver_and_gold_once(
     assert _versions(spark, fixed) == before, "a dry run wrote"
 
     done = redrive(spark, fixed, inputs, selection)
-    assert done.redrive_id == 1
+    assert done.number == 1
     assert (done.taken, done.to_silver, done.duplicate) == (len(wrongly), len(wrongly), 0)
     assert done.quarantined == {}
     assert done.gold, "the re-driven rows reached no Gold table"
@@ -102,7 +106,7 @@ def test_a_fixed_rule_redrives_exactly_its_rows_to_silver_and_gold_once(
 
     after = _versions(spark, fixed)
     again = redrive(spark, fixed, inputs, selection)
-    assert (again.selected, again.taken, again.redrive_id) == (0, 0, None)
+    assert (again.selected, again.taken, again.number) == (0, 0, None)
     assert _versions(spark, fixed) == after, "a second re-drive changed a table"
 
 
@@ -130,3 +134,77 @@ def test_a_redrive_is_refused_while_a_writer_holds_silver(lake) -> None:  # type
     finally:
         held.release()
     one_clear_line(result, 2, "another process writes the silver tables", f"pid {os.getpid()}")
+
+
+def _rebucketed(folder: Path) -> Path:
+    """The contracts with telemetry's battery_status bounds moved (a derivation change)."""
+    shutil.copytree(PROJECT / "contracts", folder)
+    path = folder / "telemetry.toml"
+    path.write_text(path.read_text().replace("bounds = [10, 30, 70]", "bounds = [20, 40, 80]"))
+    return folder
+
+
+def _status(level: float | None, bounds: tuple[float, ...]) -> str | None:
+    if level is None:
+        return None
+    labels = ("critical", "low", "medium", "good")
+    return next(
+        (label for bound, label in zip(bounds, labels, strict=False) if level < bound), labels[-1]
+    )
+
+
+@pytest.mark.slow
+def test_replaying_one_hour_after_a_derivation_change_rebuilds_that_hour_only(
+    spark, tmp_path: Path
+) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    config = _lake(tmp_path)
+    writer = BatchWriter(spark, config, "all", check_inputs(config))
+    writer(_batch(spark, "telemetry", hour + timedelta(minutes=20)), 0)
+    writer(_batch(spark, "telemetry", hour + timedelta(minutes=80), start=150), 1)
+    silver_path = config.table_path("silver", "telemetry")
+
+    def hours() -> dict[int, dict]:  # type: ignore[type-arg]
+        """Silver's rows by Kafka hour (0: the replayed one), keyed by Kafka position."""
+        rows = spark.read.format("delta").load(silver_path).drop("_processed_at", "_batch_id")
+        by_hour: dict[int, dict] = {0: {}, 1: {}}  # type: ignore[type-arg]
+        next_hour = hour.replace(tzinfo=None) + timedelta(hours=1)
+        for row in rows.collect():
+            position = (row["_kafka_partition"], row["_kafka_offset"])
+            by_hour[int(row["_kafka_timestamp"] >= next_hour)][position] = row
+        return by_hour
+
+    before = hours()
+    assert before[0] and before[1]
+    changed = _lake(tmp_path, _rebucketed(tmp_path / "contracts"))
+    inputs = check_inputs(changed)
+    wanted = check_range(
+        inputs, "telemetry", hour.isoformat(), (hour + timedelta(hours=1)).isoformat()
+    )
+    done = replay(spark, changed, inputs, wanted)
+    assert done.number == 1 and done.replayed == done.removed_silver == len(before[0])
+    assert done.to_silver == len(before[0]) and done.gold
+
+    after = hours()
+    assert after[1] == before[1], "the other hour changed"
+    assert after[0].keys() == before[0].keys()
+    replayed = after[0].values()
+    assert all(r["battery_status"] == _status(r["battery_level"], (20, 40, 80)) for r in replayed)
+    assert any(r["battery_status"] != _status(r["battery_level"], (10, 30, 70)) for r in replayed)
+    assert check_silver(spark, changed, "telemetry").ok
+    for name, table in TABLES.items():
+        if "telemetry" in table.sources:
+            check = check_gold(spark, changed, name)
+            assert check.ok and check.gold_rows > 0, check
+
+    again = replay(spark, changed, inputs, wanted)  # idempotent: the same rows again
+    assert again.number == 2 and hours()[0] == after[0]
+    assert check_silver(spark, changed, "telemetry").ok
+
+
+def test_a_replay_range_backwards_is_one_line(lake) -> None:  # type: ignore[no-untyped-def]
+    result = lakehouse(
+        "replay", "telemetry", "--from", "2026-12-05T10:00:00Z", "--to", "2026-12-05T09:00:00Z",
+        env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY),
+    )  # fmt: skip
+    one_clear_line(result, 2, "--from 2026-12-05T10:00:00Z is not before --to")
