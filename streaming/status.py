@@ -145,6 +145,16 @@ def kafka_lag(config: Config) -> dict[str, Any]:
     return lag
 
 
+def writers(config: Config) -> dict[str, dict[str, Any]]:
+    """Per layer, the process holding its writer lease (a running pipeline, re-drive, replay)."""
+    from streaming import lease
+
+    return {
+        layer: {"holder": holder.describe(), "refreshed_seconds_ago": round(age)}
+        for layer, (holder, age) in lease.holders(config).items()
+    }
+
+
 def status(config: Config, stale_seconds: float, kafka: bool = True) -> dict[str, Any]:
     since = datetime.now(UTC) - QUARANTINE_WINDOW
     gold = {}
@@ -160,6 +170,7 @@ def status(config: Config, stale_seconds: float, kafka: bool = True) -> dict[str
                            for s, r, n in quarantine_counts(found[1], since)]  # fmt: skip
     return {
         "pipelines": pipelines(config),
+        "writers": writers(config),
         "kafka_lag": kafka_lag(config) if kafka else {},
         "gold": gold,
         "quarantine_last_hour": quarantine,
@@ -178,6 +189,14 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"  {name}: batch {p['last_batch']} ended {p['since_last_batch_seconds']} s ago, "
             f"{p['rows_per_second']} rows/s over recent batches, layers {layers}"
+        )
+    lines.append("writers:")
+    for layer, w in report["writers"].items() or [("(none)", None)]:
+        if w is None:
+            lines.append("  no layer has a writer now")
+            continue
+        lines.append(
+            f"  {layer}: {w['holder']}, lease refreshed {w['refreshed_seconds_ago']} s ago"
         )
     lines.append("kafka lag:")
     lag = report["kafka_lag"]

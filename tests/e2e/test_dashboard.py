@@ -213,6 +213,7 @@ def test_status_reads_run_history_lag_freshness_and_quarantine_from_the_tables(b
         newest[run["batch_id"]] = run  # a replayed batch: its last attempt
     assert sum(n for run in newest.values() for _, n in run["rows_in"]) == 3_000
     assert report["pipelines"]["all"]["last_batch"] == max(newest)
+    assert report["writers"] == {}, "a finished run left its writer lease"
     assert set(report["pipelines"]["all"]["layer_seconds"]) == {"bronze", "silver", "gold"}
     lag = report["kafka_lag"]
     assert {t: v["records"] for t, v in lag.items()} == {

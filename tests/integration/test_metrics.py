@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -9,7 +10,7 @@ import urllib.request
 from types import SimpleNamespace
 
 from streaming.metrics import PipelineMetrics, kafka_positions
-from tests.builders import LAKEHOUSE, publish
+from tests.builders import LAKEHOUSE, lakehouse, publish
 from tests.conftest import _free_ports
 
 
@@ -77,6 +78,10 @@ def test_running_stream_serves_metrics_and_stops_on_sigterm(lake) -> None:
         assert metrics[f"lakehouse_output_rows_total{{{query}}}"] == 300
         assert 0 < metrics['lakehouse_freshness_seconds{query="bronze.telemetry"}'] < 600
         assert metrics[f"lakehouse_batch_duration_seconds_count{{{query}}}"] >= 1
+        # `status` names the running writer: it holds the Bronze layer's lease
+        status = lakehouse("status", "--json", "--no-kafka", env=env)
+        writers = json.loads(status.stdout)["writers"]
+        assert list(writers) == ["bronze"] and f"pid {stream.pid} " in writers["bronze"]["holder"]
     finally:
         stream.send_signal(signal.SIGTERM)
         assert stream.wait(timeout=60) == 0, stream.stderr.read()[-3000:]  # type: ignore[union-attr]
