@@ -381,7 +381,7 @@ def _apply(
     held = HeldFrames()
     try:
         with BatchScope(spark, pipeline, redrive_id):
-            result = writer.process(held.keep(rows), redrive_id, None, held)
+            result = writer.process(held.keep(rows), redrive_id, None, held, late=False)
             report.take(result.counts)
             report.taken = int(result.counts["bronze"])
             report.passing = report.to_silver + report.duplicate

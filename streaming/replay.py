@@ -214,7 +214,7 @@ def _apply(
     held = HeldFrames()
     try:
         with BatchScope(spark, guard.pipeline, replay_id):
-            result = writer.process(rows, replay_id, None, held)
+            result = writer.process(rows, replay_id, None, held, late=False)
             report.take(result.counts)
             version = clear.newest(paths.silver)
             changes = removed.withColumn("_change_type", F.lit("delete"))

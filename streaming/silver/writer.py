@@ -94,15 +94,20 @@ class SilverWriter:
         batch_id: int,
         watermark: datetime | None,
         held: HeldFrames,
+        late: bool = True,
     ) -> SilverResult:
-        """Judge, deduplicate and write one batch; `watermark` is the one before the batch."""
+        """Judge, deduplicate and write one batch; `watermark` is the one before the batch.
+
+        `late=False` (a re-drive, a replay: rows the stream already took in time) applies no
+        watermark: no row is late, and the watermark is neither advanced nor returned."""
         spark = bronze_rows.sparkSession
         rows = held.keep(self.validate(bronze_rows))
         scan = _scan(rows, self.contract, watermark)
         if scan.fatal:
             self._fail_on_fatal(rows, batch_id)
-        watermark = scan.advance(watermark, self.contract.watermark_seconds)
-        rows = transform.mark_late(rows, watermark)
+        if late:
+            watermark = scan.advance(watermark, self.contract.watermark_seconds)
+            rows = transform.mark_late(rows, watermark)
         bounds = scan.bounds(watermark)
         existing = None
         if bounds is not None:
