@@ -5,6 +5,7 @@ bucket exists and the credentials work (one clear line instead of a JVM stack tr
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,12 @@ def storage_options(config: Config) -> dict[str, str]:
     """delta-rs options for the tables under LAKEHOUSE_ROOT (empty for a local root)."""
     if not is_s3(config.root):
         return {}
+    # delta-rs also reads AWS_* variables from the environment, and sends an empty
+    # AWS_SESSION_TOKEN as an empty security-token header, which S3 servers refuse. Empty is
+    # unset to every other client here (the settings read it as no token): make it so here too.
+    for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        if os.environ.get(name) == "":
+            del os.environ[name]
     s3 = config.s3
     options = {"AWS_REGION": s3.region}
     if s3.endpoint:

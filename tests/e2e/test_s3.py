@@ -81,11 +81,11 @@ def _command_lines(parent: int | None = None) -> list[str]:
     return lines
 
 
-def _gold_rows(config: Config, table: str) -> tuple[int, int]:
+def _gold_rows(config: Config, table: str, layer: str = "gold") -> tuple[int, int]:
     from deltalake import DeltaTable
 
     opened = DeltaTable(
-        storage.delta_rs_uri(config.table_path("gold", table)),
+        storage.delta_rs_uri(config.table_path(layer, table)),
         storage_options=storage.storage_options(config),
     )
     return opened.version(), opened.to_pyarrow_dataset().count_rows()
@@ -214,6 +214,9 @@ def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
     table = next(iter(TABLES))
     version, rows = _gold_rows(config, table)
     assert rows > 0
+    # The run history is appended by delta-rs, with an empty AWS_SESSION_TOKEN in the writer's
+    # environment (s3_env): it must not reach S3 as an empty security-token header.
+    assert _gold_rows(config, "runs", layer="ops")[1] > 0
     refused = lakehouse("run", "all", "--once", env={**env, "AWS_SECRET_ACCESS_KEY": "wrong"})
     one_clear_line(refused, 2, "refused the credentials")
     assert _gold_rows(config, table) == (version, rows), "a refused run changed Gold"
