@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from streaming.s3.storage import delta_rs_uri, storage_options
+from streaming.tables import open_table
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -105,13 +105,7 @@ class CommitGuard:
 
     def _open(self, path: str) -> DeltaTable | None:
         """The table's log, read by delta-rs (no Spark job: milliseconds a table)."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
-
-        try:
-            return DeltaTable(delta_rs_uri(path), storage_options=storage_options(self.config))
-        except TableNotFoundError:
-            return None
+        return open_table(self.config, path)
 
     def _newest_mark(self, path: str) -> Committed | None:
         table = self._open(path)

@@ -256,9 +256,11 @@ def read_geofences(spark: SparkSession, config: Config, path: str) -> Geofences:
     """The geofences table with a Sedona `geometry` column parsed from its WKT, and its grid
     (cache it: the polygons are then parsed once, not in every micro-batch). The table is read
     from Python (delta-rs): 263 rows."""
-    from deltalake import DeltaTable
+    from streaming.tables import open_table
 
-    table = DeltaTable(delta_rs_uri(path), storage_options=storage_options(config))
+    table = open_table(config, path)
+    if table is None:
+        raise ConfigError(f"{path} holds no geofence table", hint="it is written on first start")
     rows = table.to_pyarrow_table(columns=list(GEOFENCE_COLUMNS)).to_pylist()
     zones = [Zone(r["zone_id"], r["zone_name"], r["borough"], r["geometry_wkt"]) for r in rows]
     return geofences(spark, sorted(zones, key=lambda zone: zone.zone_id))

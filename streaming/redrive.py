@@ -37,7 +37,7 @@ from streaming.frames import HeldFrames
 from streaming.gold.query import GoldLayer
 from streaming.silver.query import SilverInputs, writer_for
 from streaming.silver.writer import SilverPaths
-from streaming.tables import exists
+from streaming.tables import exists, open_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -192,7 +192,7 @@ def redrive(
     require_tables(config, paths.quarantine, config.table_path(bronze.LAYER, entity))
     contract = inputs.contracts[entity]
     report = RedriveReport(entity, dry_run=dry_run, selection=selection.describe())
-    pending = None if dry_run else _unfinished(spark, config, paths.quarantine, entity)
+    pending, next_id = (None, 0) if dry_run else _numbers(spark, config, paths.quarantine, entity)
     if pending is None:
         candidates = _candidates(spark, config, paths.quarantine, selection)
         judged = _judge(config, contract, entity, candidates)
@@ -208,7 +208,7 @@ def redrive(
         if dry_run or not report.taken:
             report.seconds = time.monotonic() - started
             return report
-        redrive_id = _next_id(spark, config, paths.quarantine, entity)
+        redrive_id = next_id
         _claim(spark, paths.quarantine, judged, redrive_id, entity)
     else:
         redrive_id, report.resumed = pending, True
@@ -292,40 +292,23 @@ def _with_redriven(quarantine: DataFrame) -> DataFrame:
     return quarantine.withColumn(REDRIVEN, F.lit(None).cast("long"))
 
 
-def _next_id(spark: SparkSession, config: Config, quarantine_path: str, entity: str) -> int:
-    claimed = _with_redriven(spark.read.format("delta").load(quarantine_path))
-    newest = claimed.agg(F.max(REDRIVEN)).first()
-    recorded = max(_finished(config, entity), default=0)
-    return max(int(newest[0] or 0) if newest else 0, recorded) + 1
-
-
-def _unfinished(
+def _numbers(
     spark: SparkSession, config: Config, quarantine_path: str, entity: str
-) -> int | None:
-    """The number of a re-drive that claimed rows and did not record its end, if any."""
+) -> tuple[int | None, int]:
+    """(the number of a re-drive that claimed rows and did not record its end, if any; the
+    number the next re-drive takes), from the newest claim in quarantine and ops.redrives."""
     claimed = _with_redriven(spark.read.format("delta").load(quarantine_path))
-    newest = claimed.agg(F.max(REDRIVEN)).first()
-    if newest is None or newest[0] is None:
-        return None
-    return None if int(newest[0]) in _finished(config, entity) else int(newest[0])
-
-
-def _finished(config: Config, entity: str) -> set[int]:
-    return {int(r["redrive_id"]) for r in read_records(config, REDRIVES, entity)}
+    row = claimed.agg(F.max(REDRIVEN)).first()
+    newest = int(row[0]) if row is not None and row[0] is not None else None
+    finished = {int(r["redrive_id"]) for r in read_records(config, REDRIVES, entity)}
+    unfinished = newest if newest is not None and newest not in finished else None
+    return unfinished, max(newest or 0, max(finished, default=0)) + 1
 
 
 def read_records(config: Config, table: tuple[str, str], entity: str) -> list[dict[str, Any]]:
     """The rows of one of the service's own record tables (`ops.*`) about `entity`."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    from streaming.s3.storage import delta_rs_uri, storage_options
-
-    try:
-        found = DeltaTable(
-            delta_rs_uri(TableRef(*table).path(config)), storage_options=storage_options(config)
-        )
-    except TableNotFoundError:
+    found = open_table(config, TableRef(*table).path(config))
+    if found is None:
         return []
     return [r for r in found.to_pyarrow_table().to_pylist() if r["entity"] == entity]
 

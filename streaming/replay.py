@@ -168,15 +168,16 @@ def _rows(
         quarantine = spark.read.format("delta").load(paths.quarantine)
         if REDRIVEN in quarantine.columns:
             late &= F.col(REDRIVEN).isNull()
-        kept = quarantine.where(late).select(*COORDINATES)
-        rows = in_range.join(kept, COORDINATES, "left_anti")
+        kept = quarantine.where(late).select(*COORDINATES).withColumn("_late", F.lit(True))
+        in_range = in_range.join(kept, COORDINATES, "left")
     else:
-        rows = in_range
-    rows = rows.localCheckpoint()
-    report.replayed = rows.count()
-    report.bronze = in_range.count()
-    report.kept_late = report.bronze - report.replayed
-    return rows
+        in_range = in_range.withColumn("_late", F.lit(None).cast("boolean"))
+    judged = in_range.localCheckpoint()  # the range is read once
+    tally = judged.agg(F.count(F.lit(1)), F.count("_late")).first()
+    assert tally is not None
+    report.bronze, report.kept_late = int(tally[0]), int(tally[1])
+    report.replayed = report.bronze - report.kept_late
+    return judged.where(F.col("_late").isNull()).drop("_late")
 
 
 def _apply(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from streaming.catalog import RUN_HISTORY, TableRef, all_tables
 from streaming.config import ENTITIES, Config
 from streaming.errors import LakehouseError
-from streaming.s3.storage import delta_rs_uri, storage_options
+from streaming.tables import open_table
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -38,14 +38,8 @@ class Freshness:
 
 def dataset(config: Config, ref: TableRef) -> tuple[int, ds.Dataset] | None:
     """(version, Arrow dataset) of a table; None if it has not been written."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        table = DeltaTable(delta_rs_uri(ref.path(config)), storage_options=storage_options(config))
-    except TableNotFoundError:
-        return None
-    return table.version(), table.to_pyarrow_dataset()
+    table = open_table(config, ref.path(config))
+    return None if table is None else (table.version(), table.to_pyarrow_dataset())
 
 
 def _query(

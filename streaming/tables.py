@@ -15,6 +15,7 @@ from streaming.config import Config
 from streaming.s3.storage import delta_rs_uri, storage_options
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
     from pyspark.sql.types import StructType
 
 # A Delta checkpoint costs 2.5-9 s on two cores, and every table here takes a commit per
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 # commits in between were measured not to slow down. Maintenance writes checkpoints too.
 CHECKPOINT_INTERVAL = "100"
 PROPERTIES = {"delta.checkpointInterval": CHECKPOINT_INTERVAL}
+
+
+def open_table(config: Config, path: str) -> DeltaTable | None:
+    """The table at `path` read from its log by delta-rs (no JVM); None if there is none."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(delta_rs_uri(path), storage_options=storage_options(config))
+    except TableNotFoundError:
+        return None
 
 
 def exists(config: Config, path: str) -> bool:
@@ -49,8 +61,6 @@ def ensure_table(
     from deltalake import DeltaTable
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    if exists(config, path):
-        return
     DeltaTable.create(
         delta_rs_uri(path),
         to_arrow_schema(schema),
