@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from streaming.errors import RetryableError
 from streaming.tables import open_table
 
 if TYPE_CHECKING:
@@ -34,6 +36,11 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 # pipeline a table can only take maintenance commits (OPTIMIZE, VACUUM, erasure); a deeper
 # read is made when none of these holds the pipeline's mark.
 _RECENT = 20
+# A write that conflicts with another writer's commit (maintenance's compaction or retention
+# beside the stream) is tried again this many times, after 1, 2, 4, ... seconds.
+RETRIES = 5
+BACKOFF_SECONDS = 1.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class CommitGuard:
         if self.committed(path, batch_id) is not None:
             log.info("%s already holds batch %d of %s: skipped", path, batch_id, self.pipeline)
             return False
-        write()
+        retrying(write, f"the write of batch {batch_id} to {path}")
         with self._lock:
             self._known[path] = Committed(batch_id, -1)  # the version is read only on a restart
         return True
@@ -135,3 +142,24 @@ class BatchScope:
 
     def __exit__(self, *_: object) -> None:
         self.spark.conf.unset(USER_METADATA)
+
+
+def retrying(work: Callable[[], _T], what: str) -> _T:
+    """`work`, again after a Delta write conflict, with backoff.
+
+    Safe for every write here: a conflict means another writer committed first, and the ones
+    that run beside the stream (compaction, expiry of old partitions) change no row a batch's
+    write depends on; Delta re-checks the retried commit against the new table."""
+    from delta.exceptions import DeltaConcurrentModificationException
+
+    for attempt in range(RETRIES):
+        try:
+            return work()
+        except DeltaConcurrentModificationException as exc:
+            if attempt == RETRIES - 1:
+                raise RetryableError(f"{what} kept conflicting with other writers: {exc}") from None
+            pause = BACKOFF_SECONDS * 2**attempt
+            log.warning("%s conflicted with another writer (%s); again in %.0f s", what,
+                        type(exc).__name__, pause)  # fmt: skip
+            time.sleep(pause)
+    raise AssertionError("unreachable")

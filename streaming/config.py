@@ -166,6 +166,7 @@ class SparkConfig:
     driver_memory: str = "4g"
     shuffle_partitions: int = 4
     ui_enabled: bool = False
+    jvm_options: str = ""  # appended to the driver JVM's options
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -329,6 +330,7 @@ def load_config(
             "LAKEHOUSE_SHUFFLE_PARTITIONS", ("spark", "shuffle_partitions"), 4
         ),
         ui_enabled=settings.boolean("LAKEHOUSE_SPARK_UI", ("spark", "ui_enabled"), False),
+        jvm_options=settings.text("LAKEHOUSE_JVM_OPTIONS", ("spark", "jvm_options"), ""),
         extra={str(k): str(v) for k, v in file.get("spark", {}).get("conf", {}).items()},
     )
     return Config(

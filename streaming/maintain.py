@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from streaming.catalog import AUDIT_MAINTENANCE, TableRef, all_tables, append_rows
-from streaming.errors import ConfigError, RetryableError
+from streaming.commits import retrying
+from streaming.errors import ConfigError
 from streaming.s3.storage import delta_rs_uri, storage_options
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from streaming.config import Config
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 # The columns dashboards and lookups filter by (partition columns are pruned anyway).
 ZORDER: dict[str, tuple[str, ...]] = {
     "silver.telemetry": ("vehicle_id", "event_timestamp"),
@@ -44,8 +44,6 @@ ZORDER: dict[str, tuple[str, ...]] = {
     "gold.battery_health_metrics_weekly": ("vehicle_id",),
     "gold.customer_journey_events": ("session_id",),
 }
-RETRIES = 5
-BACKOFF_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,7 @@ class Maintainer:
         before = self._files(ref) or (0, 0)
         started = time.monotonic()
         at = datetime.now(UTC)
-        rows = work() if self.dry_run else _retrying(work, f"{action} of {ref}")
+        rows = work() if self.dry_run else retrying(work, f"{action} of {ref}")
         after = self._files(ref) or (0, 0)
         return Action(str(ref), action, at, round(time.monotonic() - started, 2), before[0],
                       after[0], before[1], after[1], rows, self._delta_rs(ref).version(), detail,
@@ -228,23 +226,6 @@ def _date_expression(partitions: list[str], columns: list[str]) -> str | None:
     if "_kafka_timestamp" in columns:  # quarantine: Bronze's clock, so it expires with Bronze
         return "to_date(`_kafka_timestamp`)"
     return None
-
-
-def _retrying(work: Callable[[], _T], what: str) -> _T:
-    """`work`, again after a Delta write conflict (a MERGE or DELETE beside it), with backoff."""
-    from delta.exceptions import DeltaConcurrentModificationException
-
-    for attempt in range(RETRIES):
-        try:
-            return work()
-        except DeltaConcurrentModificationException as exc:
-            if attempt == RETRIES - 1:
-                raise RetryableError(f"{what} kept conflicting with other writers: {exc}") from None
-            pause = BACKOFF_SECONDS * 2**attempt
-            log.warning("%s conflicted with another writer (%s); again in %.0f s", what,
-                        type(exc).__name__, pause)  # fmt: skip
-            time.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def maintenance_schema() -> pa.Schema:

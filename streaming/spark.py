@@ -74,8 +74,8 @@ def session_conf(config: Config) -> dict[str, str]:
         # StackOverflowError and a thousand-line JVM trace on a Ctrl-C that caught a batch).
         "spark.driver.extraJavaOptions": (
             f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={package_file(LOG4J)} "
-            f"-Dlakehouse.spark.log={config.spark_log}"
-        ),
+            f"-Dlakehouse.spark.log={config.spark_log} {config.spark.jvm_options}"
+        ).strip(),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
         "spark.ui.showConsoleProgress": "false",

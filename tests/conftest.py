@@ -22,6 +22,7 @@ from streaming.kafka.admin import create_topics
 PROJECT = Path(__file__).resolve().parent.parent
 # pandas-on-Spark asks for this before any Spark session starts (pyarrow timestamps).
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 
 
 def _docker_answers() -> bool:
@@ -77,6 +78,9 @@ def lake_env(root: Path, bootstrap: str, prefix: str) -> dict[str, str]:
         "LAKEHOUSE_METRICS_PORT": "0",
         "LAKEHOUSE_DRIVER_MEMORY": "2g",
         "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
+        # Each test's JVM lives for a few batches: the JIT's optimising tier would compile
+        # code the run is over before it pays off (a first 1,500-event batch: 41 s -> 28 s).
+        "LAKEHOUSE_JVM_OPTIONS": QUICK_JVM,
     }
 
 

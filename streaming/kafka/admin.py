@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -99,9 +100,26 @@ def create_topics(config: Config, partitions: int | None = None) -> list[str]:
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"could not create topic {name}: {error.str()}") from None
-    metadata = cluster_metadata(config.kafka)
+    metadata = _await_topics(config, [t.name for t in config.topics])
     for topic in config.topics:
         count = len(metadata.topics[topic.name].partitions)
         verb = "created" if topic.name in futures else "exists "
         lines.append(f"{verb} {topic.name} ({count} partitions)")
     return lines
+
+
+def _await_topics(config: Config, names: list[str], timeout_s: float = 30.0) -> ClusterMetadata:
+    """Metadata once every named topic shows in it: a created topic reaches the metadata a
+    moment after its creation is acknowledged."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = cluster_metadata(config.kafka)
+        missing = [n for n in names if n not in metadata.topics]
+        if not missing:
+            return metadata
+        if time.monotonic() > deadline:
+            raise BrokerError(
+                f"topic(s) {', '.join(missing)} were created but are not in the brokers' "
+                f"metadata after {timeout_s:.0f} s"
+            )
+        time.sleep(0.2)
