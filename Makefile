@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): installing the package and its pinned dependencies"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[tools,test]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create the venv, install the package, fetch the JVM jars (idempotent)

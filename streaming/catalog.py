@@ -17,8 +17,11 @@ LAYERS = ("bronze", "silver", "quarantine", "gold", "audit", "ops")
 AUDIT_READS = ("audit", "reads")  # one row per read through `lakehouse serve`
 RUN_HISTORY = ("ops", "runs")  # one row per micro-batch of every pipeline
 AUDIT_MAINTENANCE = ("audit", "maintenance")  # one row per maintenance action
+AUDIT_WRITES = ("audit", "writes")  # one row per Delta commit of a batch, re-drive, replay, erasure
 REDRIVES = ("ops", "redrives")  # one row per finished quarantine re-drive
 REPLAYS = ("ops", "replays")  # a row when a replay from Bronze starts, one when it ends
+ERASURES = ("audit", "erasures")  # an erasure requested, applied, done (with its receipt)
+TOMBSTONES = ("ops", "tombstones")  # the Kafka coordinates of erased records, never written again
 
 
 @dataclass(frozen=True, order=True)
@@ -41,9 +44,12 @@ def all_tables() -> list[TableRef]:
     tables += [TableRef("gold", name) for name in TABLES]
     tables.append(TableRef(*AUDIT_READS))
     tables.append(TableRef(*AUDIT_MAINTENANCE))
+    tables.append(TableRef(*AUDIT_WRITES))
     tables.append(TableRef(*RUN_HISTORY))
     tables.append(TableRef(*REDRIVES))
     tables.append(TableRef(*REPLAYS))
+    tables.append(TableRef(*ERASURES))
+    tables.append(TableRef(*TOMBSTONES))
     return sorted(tables, key=lambda t: (LAYERS.index(t.layer), t.name))
 
 
@@ -68,6 +74,7 @@ def append_rows(
         delta_rs_uri(ref.path(config)),
         pa.Table.from_pylist(rows, schema=schema),
         mode="append",
+        schema_mode="merge",  # a record that gained a column keeps its older rows
         partition_by=["date"],
         storage_options=storage_options(config),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from streaming.bench.options import add_arguments as add_bench_arguments
 from streaming.config import ENTITIES, Config, load_config
-from streaming.errors import ConfigError, LakehouseError, VerificationFailed
+from streaming.errors import ConfigError, LakehouseError, SetupError, VerificationFailed
 
 log = logging.getLogger("lakehouse")
 
@@ -100,7 +100,13 @@ def _topics(config: Config, args: argparse.Namespace) -> int:
 
 
 def _produce(config: Config, args: argparse.Namespace) -> int:
-    from streaming.simulator.producer import ProduceOptions, run_producer
+    try:
+        from streaming.simulator.producer import ProduceOptions, run_producer
+    except ModuleNotFoundError as missing:
+        raise SetupError(
+            f"the simulator needs {missing.name}, which this installation lacks",
+            hint="install the tools extra: pip install 'lakehouse[tools]' (make setup does)",
+        ) from None
 
     options = ProduceOptions(
         rate=args.rate,
@@ -165,13 +171,20 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
 
 def _bench(config: Config, args: argparse.Namespace) -> int:
-    from streaming.bench.harness import bench
+    try:
+        from streaming.bench.harness import bench
+    except ModuleNotFoundError as missing:
+        raise SetupError(
+            f"the benchmark needs {missing.name}, which this installation lacks",
+            hint="install the tools extra: pip install 'lakehouse[tools]' (make setup does)",
+        ) from None
 
     return bench(config, args)
 
 
 def _maintain(config: Config, args: argparse.Namespace) -> int:
-    import time
+    import signal
+    import threading
 
     from streaming.maintain import maintain, tables_named
     from streaming.spark import build_spark
@@ -185,13 +198,15 @@ def _maintain(config: Config, args: argparse.Namespace) -> int:
               else "\n".join(a.line() for a in actions) or "no table to maintain yet")  # fmt: skip
         return 0
     every = config.maintain.interval_seconds
-    log.info("maintaining the tables every %d s (Ctrl-C stops)", every)
-    try:
-        while True:
-            maintain(spark, config, tables, dry_run=False, vacuum=not args.no_vacuum)
-            time.sleep(every)
-    except KeyboardInterrupt:
-        return 0
+    log.info("maintaining the tables every %d s (Ctrl-C or SIGTERM stops)", every)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set():
+        maintain(spark, config, tables, dry_run=False, vacuum=not args.no_vacuum)
+        stop.wait(every)
+    log.info("maintenance stopped")
+    return 0
 
 
 def _redrive(config: Config, args: argparse.Namespace) -> int:
@@ -234,6 +249,63 @@ def _rewrite(
         report = run(build_spark(config, app_name=f"lakehouse-{name}"))
     print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else report.line())
     return 0
+
+
+def _erase(config: Config, args: argparse.Namespace) -> int:
+    from streaming import lease
+    from streaming.erasure import Subject, erase, require_lake
+    from streaming.spark import build_spark
+
+    subject = Subject(args.user_id, args.email, args.phone)  # flags checked before Spark starts
+    config.require_pii_key()
+    require_lake(config)
+    spark = build_spark(config, app_name="lakehouse-erase")
+    receipt = erase(
+        spark, config, subject, args.dry_run, args.wait_seconds,
+        acquire=lambda: lease.take(config, ["silver", "gold"]),
+    )  # fmt: skip
+    document = json.dumps(receipt.as_dict(), indent=2, default=str)
+    if args.receipt is not None:
+        args.receipt.write_text(document + "\n")
+    print(document if args.json else receipt.line())
+    return 0 if not receipt.proof.get("hits") else 6
+
+
+def _lineage(config: Config, args: argparse.Namespace) -> int:
+    from streaming.catalog import parse
+    from streaming.lineage import lineage
+    from streaming.spark import build_spark
+
+    if parse(args.table) is None:
+        raise ConfigError(f"unknown table {args.table!r}", hint="`lakehouse show` lists them")
+    report = lineage(build_spark(config, app_name="lakehouse-lineage"), config, args.table,
+                     args.where, args.limit)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"{report['table']} where {report['where']}: {report['rows']} rows")
+    for entity, count in report.get("silver", {}).items():
+        batches = report.get("batches", {}).get(entity, [])
+        print(f"  silver.{entity}: {count} rows behind them (batches {_ranges(batches)})")
+    for entity, count in report["bronze"].items():
+        print(f"  bronze.{entity}: {count} rows")
+    for k in report["kafka"]:
+        print(f"    {k['topic']} partition {k['partition']} offset {k['offset']}  {k['timestamp']}")
+    listed, total = len(report["kafka"]), sum(report["bronze"].values())
+    if listed < total:
+        print(f"    ... {total - listed} more (--limit)")
+    return 0
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 7 -> '1-3, 7'."""
+    parts: list[str] = []
+    for n in numbers:
+        if parts and parts[-1].split("-")[-1] == str(n - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{n}"
+        else:
+            parts.append(str(n))
+    return ", ".join(parts) or "none"
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
@@ -390,6 +462,30 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="count the rows it would replay")
     replay.add_argument("--json", action="store_true", help="the report as JSON")
     replay.set_defaults(handler=_replay)
+
+    lineage = commands.add_parser(
+        "lineage", help="walk rows back: Gold -> Silver -> Bronze -> Kafka offsets"
+    )
+    lineage.add_argument("table", help="e.g. gold.demand_by_zone_hour or silver.bookings")
+    lineage.add_argument("--where", required=True, help="SQL over the table's columns")
+    lineage.add_argument("--limit", type=_positive_int, default=20, help="Kafka records listed")
+    lineage.add_argument("--json", action="store_true", help="the walk as JSON")
+    lineage.set_defaults(handler=_lineage)
+
+    erase = commands.add_parser(
+        "erase", help="GDPR erasure of one person from every layer, with a receipt and a proof"
+    )
+    erase.add_argument("--user-id", help="the subject's user id")
+    erase.add_argument("--email", help="the subject's e-mail address")
+    erase.add_argument("--phone", help="the subject's phone number, as it was sent")
+    erase.add_argument("--dry-run", action="store_true", help="count the subject's rows only")
+    erase.add_argument("--receipt", type=Path, help="also write the JSON receipt here")
+    erase.add_argument("--json", action="store_true", help="print the receipt as JSON")
+    erase.add_argument(
+        "--wait-seconds", type=_positive_int, default=600,
+        help="how long a running pipeline may take to apply it (default 600)",
+    )  # fmt: skip
+    erase.set_defaults(handler=_erase)
 
     status = commands.add_parser(
         "status", help="pipelines' last batches, Kafka lag, Gold freshness, quarantine by rule"

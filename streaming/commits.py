@@ -72,6 +72,7 @@ class CommitGuard:
         self.config = config
         self.pipeline = pipeline
         self._known: dict[str, Committed | None] = {}
+        self._written: dict[int, list[str]] = {}  # per batch: the tables written, for the audit
         self._lock = threading.Lock()
 
     def committed(self, path: str, batch_id: int) -> Committed | None:
@@ -94,7 +95,13 @@ class CommitGuard:
         retrying(write, f"the write of batch {batch_id} to {path}")
         with self._lock:
             self._known[path] = Committed(batch_id, -1)  # the version is read only on a restart
+            self._written.setdefault(batch_id, []).append(path)
         return True
+
+    def take_written(self, batch_id: int) -> list[str]:
+        """The tables written for `batch_id` since the last call (the audit's to record)."""
+        with self._lock:
+            return self._written.pop(batch_id, [])
 
     def holding(self, path: str, batch_id: int) -> int:
         """The version of `path` that holds the batch's commit (the newest version when the

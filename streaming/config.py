@@ -171,6 +171,14 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class LineageConfig:
+    """Where OpenLineage run events go (one START and one COMPLETE per batch); both empty: off."""
+
+    url: str = ""  # an OpenLineage HTTP endpoint (Marquez: http://host:5000)
+    file: str = ""  # a JSON-lines file
+
+
+@dataclass(frozen=True)
 class MaintainConfig:
     """`lakehouse maintain`: compaction, checkpoints, VACUUM and retention per layer."""
 
@@ -224,6 +232,7 @@ class Config:
     s3_server: LocalS3Config = field(default_factory=LocalS3Config)
     serve: ServeConfig = field(default_factory=ServeConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
 
     def require_pii_key(self) -> Secret:
         """The HMAC key for PII tokens; Silver refuses to start without one."""
@@ -377,6 +386,10 @@ def load_config(
         ),
         serve=_serve(settings),
         maintain=_maintain(settings),
+        lineage=LineageConfig(
+            url=settings.text("LAKEHOUSE_OPENLINEAGE_URL", ("lineage", "url"), ""),
+            file=settings.text("LAKEHOUSE_OPENLINEAGE_FILE", ("lineage", "file"), ""),
+        ),
     )
 
 

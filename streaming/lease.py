@@ -199,10 +199,15 @@ def acquire(
     return leases
 
 
+def take(config: Config, layers: list[str]) -> WriterLeases:
+    """`acquire` with the settling time the root's storage needs; `release()` when done."""
+    return acquire(config, layers, settle_s=SETTLE_S if is_s3(config.root) else LOCAL_SETTLE_S)
+
+
 @contextmanager
 def writer_leases(config: Config, layers: list[str]) -> Iterator[WriterLeases | None]:
     """Hold the layers' leases for the body."""
-    leases = acquire(config, layers, settle_s=SETTLE_S if is_s3(config.root) else LOCAL_SETTLE_S)
+    leases = take(config, layers)
     try:
         yield leases
     finally:

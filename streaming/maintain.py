@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from streaming.audit import actor
 from streaming.catalog import AUDIT_MAINTENANCE, TableRef, all_tables, append_rows
 from streaming.commits import retrying
 from streaming.errors import ConfigError
@@ -246,6 +247,7 @@ def maintenance_schema() -> pa.Schema:
             ("version", pa.int64()),
             ("detail", pa.string()),
             ("dry_run", pa.bool_()),
+            ("by", pa.string()),  # user@host pid
         ]
     )
 
@@ -253,7 +255,8 @@ def maintenance_schema() -> pa.Schema:
 def record(config: Config, actions: list[Action]) -> None:
     """Append the actions to `audit/maintenance` (what was done, when, to what)."""
     if actions:
-        rows = [{**asdict(a), "date": a.at.date()} for a in actions]
+        by = actor()
+        rows = [{**asdict(a), "date": a.at.date(), "by": by} for a in actions]
         append_rows(config, TableRef(*AUDIT_MAINTENANCE), rows, maintenance_schema())
 
 

@@ -76,3 +76,13 @@ def mask_pii(frame: DataFrame, columns: tuple[str, ...], pads: DataFrame) -> Dat
         replaced[f"{column}_token"] = F.when(value.isNotNull(), _hmac(normalise(kind, value)))
         replaced[f"{column}_masked"] = F.when(value.isNotNull(), mask(kind, value))
     return joined.withColumns(replaced).drop(*columns, _IPAD, _OPAD)
+
+
+def token(key: Secret, kind: str, value: str) -> str:
+    """The token Silver stores for `value` (`<column>_token`), computed in Python: HMAC-SHA256
+    of the normalised value, hex."""
+    import hmac
+    import re
+
+    normal = re.sub(r"[^0-9]", "", value) if kind == "phone" else value.strip().lower()
+    return hmac.new(key.reveal().encode(), normal.encode(), hashlib.sha256).hexdigest()

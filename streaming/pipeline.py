@@ -19,21 +19,25 @@ One checkpoint per pipeline: `<checkpoints>/pipeline/<name>`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from pyspark.sql import functions as F
 
 from streaming import bronze
+from streaming.audit import record_writes
 from streaming.commits import BatchScope, CommitGuard
 from streaming.config import ENTITIES, Config
+from streaming.erasure import Tombstones
 from streaming.frames import HeldFrames
 from streaming.gold.query import GoldLayer
+from streaming.lineage import OpenLineageEmitter
 from streaming.silver.query import SilverInputs, silver_writers
 from streaming.silver.watermarks import WatermarkStore
 from streaming.spark import PIPELINE_POOL, POOL_PROPERTY, stream_writer
@@ -110,6 +114,7 @@ class BatchWriter:
         """`layers`: a subset of the pipeline's own, in order (Silver alone, say, in a test);
         `workers`: how many entities (or Gold tables) are processed side by side (1: in order)."""
         self.pipeline = pipeline
+        self.config = config
         self.layers = layers or LAYERS[pipeline]
         self.guard = CommitGuard(config, query_name(pipeline))
         self.observer = observer
@@ -136,24 +141,38 @@ class BatchWriter:
             initargs=(POOL_PROPERTY, PIPELINE_POOL),
         )
         self.workers = workers
+        self.tombstones = Tombstones(config)
+        self.lineage = OpenLineageEmitter(config, pipeline)
+        # Held for each batch: what else writes these tables from this process (an erasure)
+        # runs between two batches.
+        self.lock = threading.Lock()
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        with self.lock:
+            report = self._batch(batch, batch_id)
+        rules = {entity: books["rules"] for entity, books in report.silver.items()}
+        written = record_writes(self.config, self.guard, batch_id, report.rows_in, rules)
+        self.lineage.emit(report, written)
+        if report.rows_in:
+            log.info(report.line(self.pipeline))
+            if self.observer is not None:
+                self.observer(report)
+
+    def _batch(self, batch: DataFrame, batch_id: int) -> BatchReport:
         spark = batch.sparkSession
         report = BatchReport(batch_id)
         held = HeldFrames()
         try:
             with BatchScope(spark, query_name(self.pipeline), batch_id):
-                rows = held.keep(bronze.to_bronze(batch) if "bronze" in self.layers else batch)
+                rows = bronze.to_bronze(batch) if "bronze" in self.layers else batch
+                rows = held.keep(self.tombstones.drop(rows))  # erased records never return
                 by_entity = self._split(rows, report)
                 if by_entity:
                     self._layers(by_entity, batch_id, report, held)
         finally:
             held.release()
         report.ended_at = datetime.now(UTC)
-        if report.rows_in:
-            log.info(report.line(self.pipeline))
-            if self.observer is not None:
-                self.observer(report)
+        return report
 
     def _layers(
         self,
@@ -263,6 +282,11 @@ def source(spark: SparkSession, config: Config, pipeline: str) -> DataFrame:
     return union
 
 
+class Started(NamedTuple):
+    query: StreamingQuery
+    writer: BatchWriter  # its lock keeps other writes of this process between batches
+
+
 def start(
     spark: SparkSession,
     config: Config,
@@ -270,9 +294,10 @@ def start(
     inputs: SilverInputs | None,
     once: bool,
     observer: Observer | None = None,
-) -> StreamingQuery:
+) -> Started:
     """Create every table of the pipeline's layers (Bronze's too: `refine` reads it, and an
     empty table is a quiet topic), then start its one query."""
     writer = BatchWriter(spark, config, pipeline, inputs, observer)
     frame = source(spark, config, pipeline)
-    return stream_writer(frame, query_name(pipeline), config, once).foreachBatch(writer).start()
+    query = stream_writer(frame, query_name(pipeline), config, once).foreachBatch(writer).start()
+    return Started(query, writer)

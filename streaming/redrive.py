@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from streaming import bronze
+from streaming.audit import record_writes
 from streaming.catalog import REDRIVES, TableRef, append_rows
 from streaming.commits import USER_METADATA, BatchScope, CommitGuard, commit_mark
 from streaming.config import Config
@@ -79,6 +80,7 @@ class Rewrite:
     to_silver: int = 0
     duplicate: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)  # per stage
+    rules: dict[str, int] = field(default_factory=dict)  # failures per rule id
     gold: dict[str, int] = field(default_factory=dict)  # rows upserted per Gold table
     seconds: float = 0.0
 
@@ -101,6 +103,7 @@ class Rewrite:
         self.to_silver = int(counts["valid"])
         self.duplicate = int(counts["duplicate"])
         self.quarantined = {k: int(v) for k, v in counts["stages"].items()}
+        self.rules = {k: int(v) for k, v in counts["rules"].items()}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -378,6 +381,7 @@ def _apply(
                 report.gold = {name: int(s["upserted"]) for name, s in summaries.items()}
     finally:
         held.release()
+    record_writes(config, guard, redrive_id, {entity: report.taken}, {entity: report.rules})
 
 
 def _late_dates(claimed: DataFrame, fresh: DataFrame) -> list[str]:

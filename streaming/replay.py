@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from streaming import bronze
+from streaming.audit import record_writes
 from streaming.catalog import REPLAYS, TableRef, append_rows
 from streaming.commits import BatchScope, CommitGuard
 from streaming.config import Config
@@ -231,6 +232,8 @@ def _apply(
                     report.gold[name] = int(summary["upserted"])
     finally:
         held.release()
+    record_writes(config, clear, replay_id)
+    record_writes(config, guard, replay_id, {entity: report.replayed}, {entity: report.rules})
 
 
 def _delete(spark: SparkSession, path: str, keys: DataFrame, on: list[str]) -> None:

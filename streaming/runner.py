@@ -3,7 +3,8 @@
 Checks everything a user can get wrong before the JVM starts (jars, writable paths, brokers,
 topics, contracts), then starts the pipeline's query, serves metrics, and waits: with `once`
 until it has drained what was available, otherwise until it fails or SIGTERM/SIGINT asks for a
-clean stop (the checkpoint makes any stop, clean or not, safe to restart from).
+clean stop (the checkpoint makes any stop, clean or not, safe to restart from). A long-running
+Silver and Gold writer also applies recorded erasures between its batches.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import logging
 import signal
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streaming import jars, lease, pipeline
 from streaming.config import ENTITIES, Config
+from streaming.erasure import PendingErasures, apply_pending
 from streaming.errors import ConfigError, QueryError
 from streaming.history import RunHistory
 from streaming.kafka.admin import require_topics
@@ -73,12 +77,15 @@ def _run(config: Config, plan: Plan, once: bool) -> None:
             metrics.record_batch(report)
             history.append(report)
 
-        query = pipeline.start(spark, config, plan.pipeline, plan.silver, once, observer)
+        query, writer = pipeline.start(spark, config, plan.pipeline, plan.silver, once, observer)
         log.info("started %s", query.name)
         if once:
             _await(query)
         else:
-            _await_stop(spark, [query])
+            tick = None
+            if {"silver", "gold"} <= set(plan.layers):
+                tick = ErasureDesk(spark, config, writer.lock).tick
+            _await_stop(spark, [query], tick)
     finally:
         if query is not None and query.isActive:
             query.stop()
@@ -124,12 +131,42 @@ def require_writable(setting: str, folder: Path) -> None:
         ) from None
 
 
-def _await_stop(spark: SparkSession, queries: list[StreamingQuery]) -> None:
+class ErasureDesk:
+    """A running Silver and Gold writer applies the erasures `lakehouse erase` records, between
+    two of its batches (it is those tables' one writer). A failed attempt is logged and tried
+    again a minute later; the stream goes on."""
+
+    RETRY_S = 60.0
+
+    def __init__(self, spark: SparkSession, config: Config, lock: threading.Lock) -> None:
+        self.spark = spark
+        self.config = config
+        self.lock = lock
+        self.pending = PendingErasures(config)
+        self.next_try = 0.0
+
+    def tick(self) -> None:
+        if time.monotonic() < self.next_try or not self.pending.waiting():
+            return
+        try:
+            with self.lock:
+                apply_pending(self.spark, self.config)
+        except Exception as exc:  # the stream must not fail for an erasure: it is retried
+            log.error("an erasure could not be applied (again in %.0f s): %s", self.RETRY_S,
+                      str(exc).splitlines()[0][:300])  # fmt: skip
+            self.next_try = time.monotonic() + self.RETRY_S
+
+
+def _await_stop(
+    spark: SparkSession, queries: list[StreamingQuery], tick: Callable[[], None] | None = None
+) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     while not stop.is_set():
         spark.streams.awaitAnyTermination(1)
+        if tick is not None:
+            tick()
         for query in queries:
             if not query.isActive:
                 _await(query)

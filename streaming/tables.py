@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 # commits in between were measured not to slow down. Maintenance writes checkpoints too.
 CHECKPOINT_INTERVAL = "100"
 PROPERTIES = {"delta.checkpointInterval": CHECKPOINT_INTERVAL}
+# Columns that identify a person (in clear or as a stable token): never in a table's statistics.
+IDENTIFYING = frozenset(
+    {"user_id", "email", "phone", "email_token", "phone_token", "email_masked", "phone_masked",
+     "user_token"}
+)  # fmt: skip
 
 
 def open_table(config: Config, path: str) -> DeltaTable | None:
@@ -61,11 +66,18 @@ def ensure_table(
     from deltalake import DeltaTable
     from pyspark.sql.pandas.types import to_arrow_schema
 
+    configuration = {**PROPERTIES, **(properties or {})}
+    identifying = [f.name for f in schema.fields if f.name in IDENTIFYING]
+    if identifying:
+        # Delta keeps each file's min and max per column in its log, which outlives the file:
+        # a user's identifier there would survive the user's erasure. No statistics for them.
+        kept = [f"`{f.name}`" for f in schema.fields if f.name not in IDENTIFYING]
+        configuration["delta.dataSkippingStatsColumns"] = ",".join(kept)
     DeltaTable.create(
         delta_rs_uri(path),
         to_arrow_schema(schema),
         mode="ignore",
         partition_by=list(partition_by) or None,
-        configuration={**PROPERTIES, **(properties or {})},
+        configuration=configuration,
         storage_options=storage_options(config),
     )

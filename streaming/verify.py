@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from streaming import bronze
 from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError
+from streaming.tables import exists
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,11 +34,13 @@ class BronzeCheck:
     missing: int
     duplicated: int
     unexpected: int
+    erased: int = 0  # ledger rows an erasure removed (tombstoned): not missing
+    unerased: int = 0  # tombstoned rows still in Bronze
     by_topic: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.duplicated == 0
+        return self.missing == 0 and self.duplicated == 0 and self.unerased == 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -81,6 +84,11 @@ def check_bronze(spark: SparkSession, config: Config, ledgers: list[Path]) -> Br
     ledger = read_ledgers(spark, ledgers)
     keys = ["topic", "partition", "offset"]
     acked = ledger.groupBy(*keys).agg(F.count(F.lit(1)).alias("acked"))
+    tombstones = _tombstones(spark, config)
+    if tombstones is not None:
+        acked = acked.join(tombstones, keys, "left")
+    else:
+        acked = acked.withColumn("erased", F.lit(None).cast("boolean"))
     landed = bronze_coordinates(spark, config)
     if landed is None:
         landed = spark.createDataFrame([], "topic STRING, partition INT, offset LONG")
@@ -96,7 +104,11 @@ def check_bronze(spark: SparkSession, config: Config, ledgers: list[Path]) -> Br
         .agg(
             F.coalesce(F.sum("acked"), F.lit(0)).alias("ledger_rows"),
             F.coalesce(F.sum("stored"), F.lit(0)).alias("bronze_rows"),
-            F.count(F.when(F.col("stored").isNull(), 1)).alias("missing"),
+            F.count(F.when(F.col("stored").isNull() & F.col("erased").isNull(), 1)).alias(
+                "missing"
+            ),
+            F.count("erased").alias("erased"),
+            F.count(F.when(F.col("stored").isNotNull() & F.col("erased"), 1)).alias("unerased"),
             F.coalesce(F.sum(F.when(F.col("stored") > 1, F.col("stored") - 1)), F.lit(0)).alias(
                 "duplicated"
             ),
@@ -112,9 +124,25 @@ def check_bronze(spark: SparkSession, config: Config, ledgers: list[Path]) -> Br
     }
     total = {
         name: sum(t[name] for t in by_topic.values())
-        for name in ("ledger_rows", "bronze_rows", "missing", "duplicated", "unexpected")
-    }
+        for name in ("ledger_rows", "bronze_rows", "missing", "duplicated", "unexpected",
+                     "erased", "unerased")
+    }  # fmt: skip
     return BronzeCheck(**total, by_topic=by_topic)
+
+
+def _tombstones(spark: SparkSession, config: Config) -> DataFrame | None:
+    """(topic, partition, offset, erased=True) of every record an erasure removed."""
+    from streaming.catalog import TOMBSTONES, TableRef
+
+    path = TableRef(*TOMBSTONES).path(config)
+    if not exists(config, path):
+        return None
+    return (
+        spark.read.format("delta").load(path)
+        .select(F.col("_kafka_topic").alias("topic"), F.col("_kafka_partition").alias("partition"),
+                F.col("_kafka_offset").alias("offset"), F.lit(True).alias("erased"))
+        .distinct()
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -262,7 +290,7 @@ def run_checks(spark: SparkSession, config: Config, ledgers: list[Path]) -> dict
         if not bronze_check.ok:
             report["violations"].append(
                 f"Bronze does not match the ledger: {bronze_check.missing} missing, "
-                f"{bronze_check.duplicated} duplicated"
+                f"{bronze_check.duplicated} duplicated, {bronze_check.unerased} erased but present"
             )
     from streaming.gold.aggregates import TABLES
 

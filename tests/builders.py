@@ -146,3 +146,15 @@ def kill_9_mid_run(
     finally:
         if stream.poll() is None:
             os.killpg(stream.pid, signal.SIGKILL)
+
+
+def kafka_frame(spark, messages, offsets: dict[str, int], at, prefix: str = "c."):  # type: ignore[no-untyped-def]
+    """A Kafka source batch (the Kafka source's schema) of simulator messages, one partition per
+    topic; `offsets` (per entity) advances, so successive frames continue each topic."""
+    from streaming import bronze
+
+    rows = []
+    for m in messages:
+        rows.append((m.key, m.value, f"{prefix}{m.entity}", 0, offsets[m.entity], at, 0, []))
+        offsets[m.entity] += 1
+    return spark.createDataFrame(rows, bronze.KAFKA_SCHEMA).localCheckpoint()

@@ -257,7 +257,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SetupError(
-            "matplotlib is not installed", hint="install the package again: pip install -e ."
+            "matplotlib is not installed",
+            hint="install the tools extra: pip install 'lakehouse[tools]' (make setup does)",
         ) from None
     figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     _throughput_bars(left, result.get("drain"))

@@ -209,7 +209,7 @@ def _pipeline(spark: SparkSession, config: Config, name: str) -> dict[str, Any]:
 
     reports: list[BatchReport] = []
     inputs = check_inputs(config) if "silver" in pipeline.LAYERS[name] else None
-    query = pipeline.start(spark, config, name, inputs, once=True, observer=reports.append)
+    query = pipeline.start(spark, config, name, inputs, once=True, observer=reports.append).query
     drained, figures = _drain(query), layer_figures(reports)
     drained["rows"].update(figures.pop("rows"))
     return {**drained, **figures}

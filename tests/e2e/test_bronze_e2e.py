@@ -84,7 +84,7 @@ def test_malformed_payloads_land_in_bronze_unchanged(lake, spark) -> None:
     messages = broken_payloads()
     acked = publish(lake.config, "telemetry", messages)
 
-    pipeline.start(spark, lake.config, "bronze", None, once=True).awaitTermination()
+    pipeline.start(spark, lake.config, "bronze", None, once=True).query.awaitTermination()
 
     stored = spark.read.format("delta").load(lake.config.table_path("bronze", "telemetry"))
     expected = spark.createDataFrame(
@@ -114,7 +114,7 @@ def test_oracle_fails_when_a_bronze_row_is_removed_or_duplicated(
         lake.config, "bookings", [(b"k", f'{{"n": {i}}}'.encode(), []) for i in range(50)]
     )
     ledger = write_ledger(tmp_path / "bookings.ledger", acked)
-    pipeline.start(spark, lake.config, "bronze", None, once=True).awaitTermination()
+    pipeline.start(spark, lake.config, "bronze", None, once=True).query.awaitTermination()
     assert check_bronze(spark, lake.config, [ledger]).ok
 
     path = lake.config.table_path("bronze", "bookings")

@@ -19,6 +19,7 @@ from streaming.silver import query, transform
 from streaming.silver.query import check_inputs
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_gold, check_silver
+from tests.builders import kafka_frame
 from tests.conftest import lake_env
 
 PII_KEY = "test-only-pii-key-0123456789abcdef"
@@ -34,16 +35,10 @@ def kafka_batches(spark):  # type: ignore[no-untyped-def]
     """Two batches over every topic: the first without a duplicate (nothing in it may be taken
     for one on a replay), the second with copies of rows of both batches, malformed and late
     rows."""
-    from streaming import bronze
-
     offsets = dict.fromkeys(ENTITIES, 0)
 
     def frame(messages):  # type: ignore[no-untyped-def]
-        rows = []
-        for m in messages:
-            rows.append((m.key, m.value, f"c.{m.entity}", 0, offsets[m.entity], NOW, 0, []))
-            offsets[m.entity] += 1
-        return spark.createDataFrame(rows, bronze.KAFKA_SCHEMA).localCheckpoint()
+        return kafka_frame(spark, messages, offsets, NOW)
 
     clean = MessageStream("all", seed=3, vehicles=5_000)
     first = clean.next_chunk(200, NOW)
