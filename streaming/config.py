@@ -185,6 +185,9 @@ class MaintainConfig:
     interval_seconds: int = 3600  # between passes of the long-running mode
     recent_days: int = 2  # OPTIMIZE only partitions this recent (older ones were compacted)
     vacuum_hours: int = 168  # Delta's safety check refuses less (time travel and live readers)
+    # The longest write (an OPTIMIZE, a batch's MERGE) that may run beside an erasure: its old
+    # file copies are purged once writes that began before it have ended (after twice this).
+    erase_grace_seconds: int = 300
     # Days kept per layer (ADR-17); Silver's come from each contract's `retention_days`.
     retention_days: Mapping[str, int] = field(
         default_factory=lambda: {
@@ -418,6 +421,12 @@ def _maintain(settings: _Settings) -> MaintainConfig:
         ),
         vacuum_hours=vacuum_hours,
         retention_days=retention,
+        erase_grace_seconds=_positive(
+            settings.integer(
+                "LAKEHOUSE_ERASE_GRACE_SECONDS", ("maintain", "erase_grace_seconds"), 300
+            ),
+            "LAKEHOUSE_ERASE_GRACE_SECONDS",
+        ),
     )
 
 

@@ -180,13 +180,36 @@ def erase(
         receipt.applied_by = applied["by"]
         for name in ("rows", "versions", "files_rewritten", "gold"):
             setattr(receipt, name, applied[name])
-        cutoff = datetime.fromisoformat(applied["started"])
+        written_before = _await_earlier_writes(config, erasure_id, applied)
         for table, versions in receipt.versions.items():
-            receipt.purged[table] = purge(config, TableRef(*table.split(".", 1)), versions, cutoff)
+            ref = TableRef(*table.split(".", 1))
+            receipt.purged[table] = purge(config, ref, versions, written_before)
     receipt.proof = prove(config, subject.needles(key))
     receipt.seconds = round(time.monotonic() - started, 1)
     _record(config, erasure_id, "done", receipt.subject, receipt.as_dict())
     return receipt
+
+
+def _await_earlier_writes(config: Config, erasure_id: int, applied: dict[str, Any]) -> datetime:
+    """Wait until every write that may have read the tables before the erasure has ended;
+    then every file older than the returned moment that no version references is dead.
+
+    A write that began before the erasure's commit (an OPTIMIZE beside it, say) may have written
+    a file holding the subject and then failed on conflict, leaving it unreferenced; such a file
+    is at most one grace period younger than the commit. A write that began after the commit
+    holds no row of the subject, and its files (maybe of a commit still in flight) are at most
+    one grace period old. So: wait for two grace periods after the commit, purge what is older
+    than one."""
+    grace = config.maintain.erase_grace_seconds
+    committed = datetime.fromisoformat(applied["at"])
+    ready = committed.timestamp() + 2 * grace
+    while (left := ready - time.time()) > 0:
+        log.info(
+            "erasure %d: purging old file copies in %.0f s, once writes that began before it "
+            "have ended (LAKEHOUSE_ERASE_GRACE_SECONDS=%d)", erasure_id, left, grace,
+        )  # fmt: skip
+        time.sleep(min(left, _PROGRESS_S))
+    return datetime.fromtimestamp(time.time() - grace, UTC)
 
 
 def require_lake(config: Config) -> None:
@@ -433,7 +456,8 @@ def _delete(spark: SparkSession, path: str, keys: DataFrame) -> None:
 
 def purge(config: Config, ref: TableRef, versions: list[int], cutoff: datetime) -> dict[str, int]:
     """Delete the table's files that neither its erasure versions nor its newest version
-    reference and that were written before `cutoff`: the old copies time travel kept."""
+    reference and that were written before `cutoff`: the old copies time travel kept, and files
+    of writes that failed beside the erasure."""
     from deltalake import DeltaTable
 
     from streaming.s3.storage import delta_rs_uri, storage_options

@@ -36,7 +36,8 @@ PEOPLE = ("bookings", "user_events", "feedback")
 def _lake(root: Path) -> Config:
     return load_config(
         {**lake_env(root, "127.0.0.1:1", "c."), "LAKEHOUSE_PII_KEY": PII_KEY,
-         "LAKEHOUSE_OPENLINEAGE_FILE": str(root / "lineage" / "events.jsonl")}
+         "LAKEHOUSE_OPENLINEAGE_FILE": str(root / "lineage" / "events.jsonl"),
+         "LAKEHOUSE_ERASE_GRACE_SECONDS": "1"}  # no other writer here
     )  # fmt: skip
 
 
@@ -136,7 +137,8 @@ def test_lineage_audit_and_an_erasure_that_leaves_no_trace(spark, tmp_path: Path
     assert find(spark, config, subject).count() == 0
 
     # A second erasure of the same person (by the command) finds nothing and says so.
-    env = {**os.environ, **lake_env(tmp_path, "127.0.0.1:1", "c."), "LAKEHOUSE_PII_KEY": PII_KEY}
+    env = {**os.environ, **lake_env(tmp_path, "127.0.0.1:1", "c."), "LAKEHOUSE_PII_KEY": PII_KEY,
+           "LAKEHOUSE_ERASE_GRACE_SECONDS": "1"}  # fmt: skip
     again = lakehouse("erase", "--user-id", str(subject.user_id), "--json", env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     second = json.loads(again.stdout)
