@@ -76,7 +76,9 @@ def session_conf(config: Config) -> dict[str, str]:
             f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={package_file(LOG4J)} "
             f"-Dlakehouse.spark.log={config.spark_log} {config.spark.jvm_options}"
         ).strip(),
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": (
+            f"-Duser.timezone=UTC {config.spark.jvm_options}".strip()
+        ),
         "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.streaming.stateStore.providerClass": (

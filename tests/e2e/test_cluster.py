@@ -22,7 +22,7 @@ from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT
 from streaming.jars import require
 from streaming.verify import check_bronze, check_gold, check_silver
 from tests.builders import lakehouse, package_zip
-from tests.conftest import _free_ports
+from tests.conftest import QUICK_JVM, _free_ports
 
 pytestmark = pytest.mark.e2e
 PII_KEY = "test-only-pii-key-0123456789abcdef"
@@ -124,6 +124,7 @@ def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
     submitted = subprocess.run(
         [str(SPARK_HOME / "bin" / "spark-submit"), "--master", master,
          "--deploy-mode", "client", "--driver-memory", "2g", "--executor-memory", "2g",
+         "--driver-java-options", QUICK_JVM,
          "--total-executor-cores", "2", "--jars", jars,
          "--py-files", str(package_zip(tmp_path)),
          str(Path(streaming.__file__).parent / "cli.py"), "run", "all", "--once"],
