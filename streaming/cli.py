@@ -13,7 +13,8 @@ from typing import Any
 
 from streaming.bench.options import add_arguments as add_bench_arguments
 from streaming.config import ENTITIES, Config, load_config
-from streaming.errors import ConfigError, LakehouseError, SetupError, VerificationFailed
+from streaming.console import configure_logging, guarded
+from streaming.errors import ConfigError, SetupError, VerificationFailed
 
 log = logging.getLogger("lakehouse")
 
@@ -26,24 +27,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(load_config(config_file=args.config), args) or 0)
 
     return guarded(run, args.verbose)
-
-
-def guarded(run: Callable[[], int], verbose: bool) -> int:
-    """Run a command: one `error:` line and its exit code per failure, never a JVM trace."""
-    try:
-        return run()
-    except LakehouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a JVM or library error the service did not anticipate
-        if verbose:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {first[:500]} (run with -v for details)", file=sys.stderr)
-        return 1
 
 
 def _kafka(config: Config, args: argparse.Namespace) -> int:
@@ -530,18 +513,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    # py4j logs every callback at INFO; librdkafka logs every reconnect attempt.
-    for noisy in ("py4j", "streaming.kafka.client"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 if __name__ == "__main__":

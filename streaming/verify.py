@@ -255,12 +255,11 @@ class GoldCheck:
 def check_gold(spark: SparkSession, config: Config, name: str) -> GoldCheck:
     """Gold == recompute(Silver) as multisets of rows (every column but `_updated_at`)."""
     from streaming.gold.aggregates import TABLES, UPDATED_AT, recompute
-    from streaming.gold.query import silver_paths
 
     table = TABLES[name]
     silver = {
-        entity: spark.read.format("delta").load(path)
-        for entity, path in silver_paths(config, table).items()
+        entity: spark.read.format("delta").load(config.table_path("silver", entity))
+        for entity in table.sources
     }
     expected = recompute(table, silver).localCheckpoint()
     gold = spark.read.format("delta").load(config.table_path("gold", name)).drop(UPDATED_AT)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from streaming.bench.options import add_arguments
-from streaming.cli import configure_logging, guarded
 from streaming.config import load_config
+from streaming.console import configure_logging, guarded
 from streaming.errors import LakehouseError
 
 
