@@ -1,21 +1,27 @@
-"""The whole chain on the real broker, killed -9 mid-run and restarted: the ledgers equal Bronze,
-Silver's books close, every kind lands where it belongs, Gold equals a recomputation."""
+"""The whole chain on the real broker, killed -9 mid-run and restarted, beside maintenance and an
+erasure: the ledgers equal Bronze, Silver's books close, every kind lands where it belongs, Gold
+equals a recomputation."""
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
+from streaming.catalog import AUDIT_MAINTENANCE, RUN_HISTORY, TOMBSTONES, TableRef
 from streaming.config import ENTITIES
 from streaming.gold.aggregates import TABLES
 from streaming.simulator.malformed import PRIMARY_ID
 from streaming.simulator.producer import ProduceOptions, run_producer
+from streaming.tables import open_table
 from streaming.verify import check_bronze, read_ledgers
-from tests.builders import kill_9_mid_run, lakehouse
+from tests.builders import LAKEHOUSE, kill_9_mid_run, lakehouse
 
 pytestmark = pytest.mark.e2e
 PII_KEY = "test-only-pii-key-0123456789abcdef"
@@ -116,9 +122,12 @@ def _produce(lake, tmp_path: Path, count: int) -> dict[str, Path]:  # type: igno
     return ledgers
 
 
-def test_kill_9_mid_run_then_restart_keeps_every_oracle_and_every_kind_lands_where_it_belongs(
+def test_a_day_kill_9_restart_maintenance_and_an_erasure_every_oracle_and_every_kind_in_place(
     lake, spark, tmp_path: Path
 ) -> None:
+    """kill -9 mid-run; restart as a long-running stream beside `maintain` (compacting every
+    minute); erase a person while both run; stop both; every oracle holds, every kind of record
+    is where it belongs (the erased ones nowhere), and the erasure's proof found nothing."""
     ledgers = _produce(lake, tmp_path, 4_000)  # 5,000 events: 4 batches of 1,500 at most
     env = lake.process_env(
         LAKEHOUSE_PII_KEY=PII_KEY,
@@ -132,10 +141,40 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle_and_every_kind_lands_whe
     assert partial.duplicated == 0 and partial.unexpected == 0
     assert partial.missing > 0, "the kill did not land before the pipeline caught up"
 
-    restart = lakehouse("run", "all", "--once", env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY))
-    assert restart.returncode == 0, restart.stderr[-3000:]
-    # `lakehouse verify` (its own JVM) checks every oracle: the ledgers against Bronze, Silver's
-    # books, Gold against a recomputation. Its report is read below, after the placements.
+    env = lake.process_env(
+        LAKEHOUSE_PII_KEY=PII_KEY,
+        LAKEHOUSE_TRIGGER_INTERVAL="2 seconds",
+        LAKEHOUSE_MAINTAIN_INTERVAL="60",
+        # A compaction beside the erasure takes seconds here; its leftovers are purged after 30 s.
+        LAKEHOUSE_ERASE_GRACE_SECONDS="15",
+    )
+    running = [_start(["run", "all"], env, tmp_path / "stream.log")]
+    try:
+        events = sum(1 for p in ledgers.values() for _ in p.open()) - len(ledgers)
+        _wait(lambda: _rows_in(lake.config) >= events, "the restarted stream to catch up", running)
+        running.append(_start(["maintain", "--no-vacuum"], env, tmp_path / "maintain.log"))
+        user = _busiest_user(spark, lake.config)
+        receipt_file = tmp_path / "receipt.json"
+        erased = lakehouse(
+            "erase", "--user-id", user, "--receipt", str(receipt_file), env=env, timeout=900
+        )
+        assert erased.returncode == 0, erased.stdout[-2000:] + erased.stderr[-3000:]
+        receipt = json.loads(receipt_file.read_text())
+        assert receipt["proof"]["hits"] == [] and receipt["tombstones"] > 0, receipt
+        assert f"pid {running[0][0].pid}" in receipt["applied_by"]  # the stream applied it
+        _wait(lambda: _optimized(lake.config) > 0, "a compaction that lowered a file count",
+              running)  # fmt: skip
+    finally:
+        for process, _ in reversed(running):
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=120) for process, _ in running]
+    logs = [log.read_text() for _, log in running]
+    assert codes == [0] * len(codes), [text[-3000:] for text in logs]
+    errors = [line for line in logs[0].splitlines() if " E streaming." in line]
+    assert not errors, errors  # no failed batch, no failed attempt at the erasure
+
+    # `lakehouse verify` (its own JVM) checks every oracle: the ledgers against Bronze (the
+    # erased records counted apart), Silver's books, Gold against a recomputation.
     verify = lakehouse(
         "verify", *[f"--ledger={p}" for p in ledgers.values()], env=lake.process_env()
     )
@@ -143,12 +182,14 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle_and_every_kind_lands_whe
     report = json.loads(verify.stdout)
     bronze = report["bronze"]
     assert (bronze["missing"], bronze["duplicated"], bronze["unexpected"]) == (0, 0, 0), bronze
+    assert bronze["erased"] == receipt["tombstones"]
     assert set(report["silver"]) == set(ENTITIES)
     for entity, books in report["silver"].items():
         assert books["ok"] and books["bronze_rows"] > 0, (entity, books)
         assert books["bronze_rows"] == books["silver"] + books["quarantined"] + books["duplicates"]
 
     placed = _placements(spark, lake.config)
+    erased = spark.read.format("delta").load(TableRef(*TOMBSTONES).path(lake.config))
     prefix = lake.config.topic_prefix
     seen: dict[tuple[str, str, str], set] = {}
     for fmt, ledger in ledgers.items():
@@ -157,6 +198,7 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle_and_every_kind_lands_whe
             .withColumnRenamed("topic", "_kafka_topic")
             .withColumnRenamed("partition", "_kafka_partition")
             .withColumnRenamed("offset", "_kafka_offset")
+            .join(erased.select(*COORDS), COORDS, "left_anti")  # nowhere, as `verify` said
             .join(placed, COORDS, "left")
             .groupBy("_kafka_topic", "kind", "place", "stage", "rule_ids")
             .count()
@@ -183,3 +225,49 @@ def test_kill_9_mid_run_then_restart_keeps_every_oracle_and_every_kind_lands_whe
     assert set(gold) == set(TABLES)
     for name, check in gold.items():
         assert check["ok"] and check["gold_rows"] > 0 and check["lag_seconds"] == 0, (name, check)
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    with log.open("wb") as out:
+        process = subprocess.Popen([*LAKEHOUSE, *args], env=env, stdout=out, stderr=out)
+    return process, log
+
+
+def _wait(condition, what: str, running, timeout_s: float = 600) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        for process, log in running:
+            assert process.poll() is None, f"{log.name} ended: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
+        time.sleep(2)
+
+
+def _rows_in(config) -> int:  # type: ignore[no-untyped-def]
+    """Every row the pipeline's batches took in, by the run history."""
+    table = open_table(config, TableRef(*RUN_HISTORY).path(config))
+    if table is None:
+        return 0
+    runs = table.to_pyarrow_table(columns=["batch_id", "rows_in"]).to_pylist()
+    newest = {r["batch_id"]: r["rows_in"] for r in runs}  # a replayed batch: its last attempt
+    return sum(n for rows in newest.values() for _, n in rows)
+
+
+def _busiest_user(spark, config) -> str:  # type: ignore[no-untyped-def]
+    """The person with the most bookings and app events in Silver."""
+    silver = [
+        spark.read.format("delta").load(config.table_path("silver", e)).select("user_id")
+        for e in ("bookings", "user_events")
+    ]
+    counts = silver[0].unionByName(silver[1]).groupBy("user_id").count()
+    return str(counts.orderBy(F.desc("count"), "user_id").first()["user_id"])  # type: ignore[index]
+
+
+def _optimized(config) -> int:  # type: ignore[no-untyped-def]
+    """OPTIMIZE actions that left fewer files than they found."""
+    table = open_table(config, TableRef(*AUDIT_MAINTENANCE).path(config))
+    if table is None:
+        return 0
+    rows = table.to_pyarrow_table().to_pylist()
+    return sum(
+        1 for r in rows if r["action"] == "optimize" and r["files_after"] < r["files_before"]
+    )

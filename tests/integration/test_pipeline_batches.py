@@ -149,19 +149,19 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
 
     config = lake(tmp_path / "crashed")
     # The batch without duplicates dies after each of its writes in turn (issue: its replay
-    # must not take its own Silver rows for duplicates); the messy one after every sixth.
+    # must not take its own Silver rows for duplicates); the messy one after every eighth.
     crashes = _crash_after_each_write(monkeypatch, every=1)
     _until_it_passes(spark, config, batches[0], 0)
     first = list(crashes)
     monkeypatch.undo()
-    crashes = _crash_after_each_write(monkeypatch, every=6)
+    crashes = _crash_after_each_write(monkeypatch, every=8)
     _until_it_passes(spark, config, batches[1], 1)
 
     crashed_after = {c.split(" after ")[1] for c in first}
     every_table = {f"{layer}/{e}" for layer in ("bronze", "silver") for e in ENTITIES}
     every_table |= {"silver/vehicle_state"} | {f"gold/{t}" for t in TABLES}
     assert crashed_after == every_table  # no quarantine: nothing in batch 0 is rejected
-    assert len(crashes) >= 2, crashes  # 16-21 writes, a crash after every sixth
+    assert len(crashes) >= 2, crashes  # 16-21 writes, a crash after every eighth
     replayed = tables(spark, config)
     assert set(replayed) == set(expected)
     for name, frame in replayed.items():
