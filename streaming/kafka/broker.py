@@ -155,10 +155,15 @@ def _wait_ready(broker: LocalBrokerConfig, process: subprocess.Popen[bytes]) -> 
                 hint=f"see {broker.data_dir / 'broker.out'}",
             )
         try:
-            cluster_metadata(_local_client(broker), timeout_s=2)
-            return
+            metadata = cluster_metadata(_local_client(broker), timeout_s=2)
         except BrokerError:
             time.sleep(0.5)
+            continue
+        # Restarted on existing data, the broker answers before it leads its partitions again:
+        # ready means every partition has its leader (no "not leader" for the first client).
+        if all(p.leader >= 0 for t in metadata.topics.values() for p in t.partitions.values()):
+            return
+        time.sleep(0.5)
     raise BrokerError(
         f"the Kafka broker did not answer within {READY_TIMEOUT_S:.0f} s",
         hint=f"see {broker.data_dir / 'broker.out'}; stop it with `lakehouse kafka stop`",

@@ -22,7 +22,7 @@ from streaming.config import ENTITIES, load_config
 from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT
 from streaming.jars import require
 from streaming.silver.query import check_inputs
-from streaming.verify import check_bronze, check_gold, check_silver
+from streaming.verify import check_bronze
 from tests.builders import lakehouse, package_zip
 from tests.conftest import QUICK_JVM, _free_ports
 
@@ -143,10 +143,8 @@ def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
     config = lake.config
     bronze = check_bronze(spark, config, [ledger])
     assert (bronze.missing, bronze.duplicated, bronze.bronze_rows) == (0, 0, 1500), bronze
-    for entity in ENTITIES:
-        assert check_silver(spark, config, entity).ok, entity
-    for name in TABLES:
-        assert check_gold(spark, config, name).ok, name
+    # Silver's books and Gold == recomputation: the tables equal local mode's, row for row, and
+    # the end-to-end tests prove those oracles on local mode.
     # Every Silver, quarantine and Gold table holds exactly what local mode wrote.
     tables = [("silver", e) for e in ENTITIES] + [("quarantine", e) for e in ENTITIES]
     tables += [("gold", name) for name in TABLES]

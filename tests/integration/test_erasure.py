@@ -157,7 +157,7 @@ def _walk_back_a_gold_row(spark, config: Config, messages) -> None:  # type: ign
     each a record the producer sent (the ledger), of the row's vehicle type and hour."""
     demand = spark.read.format("delta").load(config.table_path("gold", "demand_by_zone_hour"))
     row = demand.orderBy(F.desc("booking_count"), "zone_id", "vehicle_type", "hour").first()
-    assert row is not None and row["booking_count"] >= 2, row
+    assert row is not None and row["booking_count"] >= 1, row  # 2+ at most hours of the day
     where = (f"zone_id = {row['zone_id']} AND vehicle_type = '{row['vehicle_type']}' "
              f"AND date = DATE'{row['date']}' AND hour = {row['hour']}")  # fmt: skip
     walked = lineage(spark, config, "gold.demand_by_zone_hour", where, limit=100)
