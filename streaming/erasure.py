@@ -419,7 +419,7 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
             for name in gold.tables_for(set(changes)):
                 summary = gold.apply(name, changes, erasure_id)
                 if summary is not None:
-                    outcome["gold"][f"gold.{name}"] = int(summary["upserted"])
+                    outcome["gold"][f"gold.{name}"] = int(summary["upserted"] + summary["deleted"])
     # The commits made, read back from each table's log by their mark (as the audit records).
     for row in record_writes(config, guard, erasure_id):
         outcome["versions"].setdefault(row["table"], []).append(row["version"])
