@@ -51,7 +51,7 @@ from streaming.catalog import ERASURES, TOMBSTONES, TableRef, append_rows
 from streaming.commits import BatchScope, CommitGuard
 from streaming.config import ENTITIES, Config
 from streaming.errors import ConfigError
-from streaming.redrive import COORDINATES
+from streaming.redrive import COORDINATES, delete_matching
 from streaming.s3.storage import is_s3, split
 from streaming.tables import exists, open_table
 
@@ -405,7 +405,7 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
                 count = removed.count()
                 if not count:
                     continue
-                guard.write(path, erasure_id, functools.partial(_delete, spark, path, keys))
+                guard.write(path, erasure_id, functools.partial(delete_matching, spark, path, keys))
                 name = f"{layer}.{entity}"
                 outcome["rows"][name] = count
                 if path == silver:
@@ -441,14 +441,6 @@ def _version_before(guard: CommitGuard, path: str, erasure_id: int) -> int:
     if own is not None and own.batch_id == erasure_id and own.version > 0:
         return own.version - 1
     return guard.newest(path)
-
-
-def _delete(spark: SparkSession, path: str, keys: DataFrame) -> None:
-    from delta.tables import DeltaTable
-
-    match = " AND ".join(f"t.{c} = s.{c}" for c in COORDINATES)
-    table = DeltaTable.forPath(spark, path).alias("t")
-    table.merge(keys.alias("s"), match).whenMatchedDelete().execute()
 
 
 # --- purge and proof --------------------------------------------------------------------------

@@ -69,10 +69,9 @@ def lineage(
             for e, rows in behind.items()
         }
         sources = {e: rows.select(*COORDINATES) for e, rows in behind.items()}
-    elif ref.layer == "bronze":
-        sources = {ref.name: selected.select(*COORDINATES)}
     else:
         sources = {ref.name: selected.select(*COORDINATES)}
+    if ref.layer in ("silver", "quarantine"):
         report["batches"] = {
             ref.name: sorted(r[0] for r in selected.select("_batch_id").distinct().collect())
         }

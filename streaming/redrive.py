@@ -308,6 +308,17 @@ def _numbers(
     return unfinished, max(newest or 0, max(finished, default=0)) + 1
 
 
+def delete_matching(
+    spark: SparkSession, path: str, keys: DataFrame, on: list[str] = COORDINATES
+) -> None:
+    """Delete the rows of the table at `path` that match a row of `keys` on `on` (one MERGE)."""
+    from delta.tables import DeltaTable
+
+    match = " AND ".join(f"t.{c} = s.{c}" for c in on)
+    table = DeltaTable.forPath(spark, path).alias("t")
+    table.merge(keys.alias("s"), match).whenMatchedDelete().execute()
+
+
 def read_records(config: Config, table: tuple[str, str], entity: str) -> list[dict[str, Any]]:
     """The rows of one of the service's own record tables (`ops.*`) about `entity`."""
     found = open_table(config, TableRef(*table).path(config))

@@ -36,7 +36,14 @@ from streaming.config import Config
 from streaming.errors import ConfigError
 from streaming.frames import HeldFrames
 from streaming.gold.query import GoldLayer
-from streaming.redrive import COORDINATES, REDRIVEN, Rewrite, read_records, require_tables
+from streaming.redrive import (
+    COORDINATES,
+    REDRIVEN,
+    Rewrite,
+    delete_matching,
+    read_records,
+    require_tables,
+)
 from streaming.silver.query import SilverInputs, writer_for
 from streaming.silver.writer import SilverPaths
 from streaming.tables import exists
@@ -199,7 +206,7 @@ def _apply(
         for path in targets:
             # vehicle_state holds one topic's rows: its rows carry no topic
             on = COORDINATES if path != paths.vehicle_state else COORDINATES[1:]
-            clear.write(path, replay_id, functools.partial(_delete, spark, path, keys, on))
+            clear.write(path, replay_id, functools.partial(delete_matching, spark, path, keys, on))
     # What the rows were in Silver before the clear (read back by time travel when resumed).
     before = clear.holding(paths.silver, replay_id) - 1
     removed = (
@@ -234,15 +241,6 @@ def _apply(
         held.release()
     record_writes(config, clear, replay_id)
     record_writes(config, guard, replay_id, {entity: report.replayed}, {entity: report.rules})
-
-
-def _delete(spark: SparkSession, path: str, keys: DataFrame, on: list[str]) -> None:
-    from delta.tables import DeltaTable
-
-    match = " AND ".join(f"t.{c} = s.{c}" for c in on)
-    DeltaTable.forPath(spark, path).alias("t").merge(
-        keys.alias("s"), match
-    ).whenMatchedDelete().execute()
 
 
 def replays_schema() -> pa.Schema:
