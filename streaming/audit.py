@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -75,10 +75,13 @@ def record_writes(
     batch_id: int,
     rows_in: Mapping[str, int] | None = None,
     rules: Mapping[str, Mapping[str, int]] | None = None,
+    paths: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Append one row per table the guard wrote for `batch_id` (then forgets them), and return
-    the rows. `rows_in` and `rules` are per entity; `<layer>.<entity>` takes its entity's."""
-    paths = guard.take_written(batch_id)
+    """Append one row per table the guard wrote for `batch_id` (then forgets them), or per
+    table of `paths` that holds the batch's commit, and return the rows. `rows_in` and `rules`
+    are per entity; `<layer>.<entity>` takes its entity's."""
+    if paths is None:
+        paths = guard.take_written(batch_id)
     if not paths:
         return []
     mark = commit_mark(guard.pipeline, batch_id)

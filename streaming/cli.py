@@ -251,7 +251,11 @@ def _erase(config: Config, args: argparse.Namespace) -> int:
     if args.receipt is not None:
         args.receipt.write_text(document + "\n")
     print(document if args.json else receipt.line())
-    return 0 if not receipt.proof.get("hits") else 6
+    hits = receipt.proof.get("hits", [])
+    for hit in hits:
+        where = f" (column {hit['column']})" if hit["column"] else ""
+        print(f"error: the subject is still in {hit['file']}{where}", file=sys.stderr)
+    return 0 if not hits else 6
 
 
 def _lineage(config: Config, args: argparse.Namespace) -> int:

@@ -157,12 +157,10 @@ def retrying(work: Callable[[], _T], what: str) -> _T:
     Safe for every write here: a conflict means another writer committed first, and the ones
     that run beside the stream (compaction, expiry of old partitions) change no row a batch's
     write depends on; Delta re-checks the retried commit against the new table."""
-    from delta.exceptions import DeltaConcurrentModificationException
-
     for attempt in range(RETRIES):
         try:
             return work()
-        except DeltaConcurrentModificationException as exc:
+        except _conflicts() as exc:
             if attempt == RETRIES - 1:
                 raise RetryableError(f"{what} kept conflicting with other writers: {exc}") from None
             pause = BACKOFF_SECONDS * 2**attempt
@@ -170,3 +168,24 @@ def retrying(work: Callable[[], _T], what: str) -> _T:
                         type(exc).__name__, pause)  # fmt: skip
             time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+def _conflicts() -> tuple[type[Exception], ...]:
+    """Delta's commit-conflict exceptions as PySpark raises them. They share no Python base
+    class: `ConcurrentAppendException` is not a `DeltaConcurrentModificationException`."""
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    return (
+        ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+        ConcurrentTransactionException, ConcurrentWriteException,
+        DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException,
+    )  # fmt: skip

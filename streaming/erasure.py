@@ -50,7 +50,7 @@ from streaming.audit import actor, record_writes
 from streaming.catalog import ERASURES, TOMBSTONES, TableRef, append_rows
 from streaming.commits import BatchScope, CommitGuard
 from streaming.config import ENTITIES, Config
-from streaming.errors import ConfigError
+from streaming.errors import ConfigError, RetryableError
 from streaming.redrive import COORDINATES, delete_matching
 from streaming.s3.storage import is_s3, split
 from streaming.tables import exists, open_table
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 PIPELINE = "erase"
 IDENTITY_COLUMNS = ("user_id", "email_token", "phone_token")  # in Silver
 _PROGRESS_S = 10.0
+_RETRY_S = 5.0  # after a failed attempt at applying an erasure (its committed part is kept)
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,11 @@ def _await_applied(
             continue
         try:
             apply_pending(spark, config)
+        except RetryableError as exc:  # a part committed is kept: the next attempt resumes
+            if time.monotonic() > deadline:
+                raise
+            log.warning("erasure %d: %s; again in %.0f s", erasure_id, exc, _RETRY_S)
+            time.sleep(_RETRY_S)
         finally:
             if held is not None:
                 held.release()
@@ -390,6 +396,7 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
     guard = CommitGuard(config, PIPELINE)
     outcome: dict[str, Any] = {"rows": {}, "versions": {}, "files_rewritten": {}, "gold": {}}
     changes = {}
+    touched = []  # tables that may hold the erasure's commit (an earlier attempt's included)
     with BatchScope(spark, PIPELINE, erasure_id):
         for entity in entities:
             silver = config.table_path("silver", entity)
@@ -405,6 +412,7 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
                 count = removed.count()
                 if not count:
                     continue
+                touched.append(path)
                 guard.write(path, erasure_id, functools.partial(delete_matching, spark, path, keys))
                 name = f"{layer}.{entity}"
                 outcome["rows"][name] = count
@@ -417,11 +425,14 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
         if changes:
             gold = GoldLayer(spark, config, guard)
             for name in gold.tables_for(set(changes)):
+                touched.append(config.table_path("gold", name))
                 summary = gold.apply(name, changes, erasure_id)
                 if summary is not None:
                     outcome["gold"][f"gold.{name}"] = int(summary["upserted"] + summary["deleted"])
-    # The commits made, read back from each table's log by their mark (as the audit records).
-    for row in record_writes(config, guard, erasure_id):
+    # The commits made, read back from each table's log by their mark (as the audit records),
+    # those of an earlier attempt that failed part-way included.
+    guard.take_written(erasure_id)
+    for row in record_writes(config, guard, erasure_id, paths=touched):
         outcome["versions"].setdefault(row["table"], []).append(row["version"])
         metrics = json.loads(row["metrics"])
         removed = metrics.get("numTargetFilesRemoved", metrics.get("numRemovedFiles", 0))

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from streaming import lease
+from streaming import erasure, lease
 from streaming.config import ENTITIES, Config, load_config
 from streaming.erasure import Subject, erase, find, prove
+from streaming.errors import RetryableError
 from streaming.gold.aggregates import TABLES
 from streaming.lineage import lineage
 from streaming.pipeline import BatchWriter
+from streaming.redrive import delete_matching
 from streaming.silver.query import check_inputs
 from streaming.simulator.events import EventFactory
 from streaming.simulator.stream import MessageStream
@@ -79,7 +81,9 @@ def _ledger(path: Path, messages) -> Path:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_lineage_audit_and_an_erasure_that_leaves_no_trace(spark, tmp_path: Path) -> None:
+def test_lineage_audit_and_an_erasure_that_leaves_no_trace(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = _lake(tmp_path)
     frames, messages = _batches(spark)
     writer = BatchWriter(spark, config, "all", check_inputs(config))
@@ -101,7 +105,20 @@ def test_lineage_audit_and_an_erasure_that_leaves_no_trace(spark, tmp_path: Path
     layers = {hit["file"].split("/", 1)[0] for hit in before["hits"]}
     assert {"bronze", "silver", "gold"} <= layers, before["hits"]
 
+    # The first attempt at applying it fails after its first commit (a conflict that outlasted
+    # the retries, say); the second resumes, and the purge still covers the first's commit.
+    calls = []
+
+    def deleting_then_failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise RetryableError("injected: a write that kept conflicting")
+        return delete_matching(*args, **kwargs)
+
+    monkeypatch.setattr(erasure, "delete_matching", deleting_then_failing)
+    monkeypatch.setattr(erasure, "_RETRY_S", 0.1)
     receipt = erase(spark, config, subject, acquire=lambda: lease.take(config, ["silver", "gold"]))
+    assert len(calls) > 2 and calls[0] not in calls[2:], calls  # resumed without redoing it
     assert receipt.proof["hits"] == [], receipt.proof["hits"]
     assert receipt.proof["files"] > 50 and receipt.proof["identifiers"] == 5
     assert receipt.rows["silver.bookings"] > 0 and receipt.rows["bronze.bookings"] > 0
