@@ -153,6 +153,19 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(config: Config, args: argparse.Namespace) -> int:
+    from streaming import settings
+
+    if args.markdown:
+        print(settings.markdown())
+        return 0
+    width = max(len(s.env) for s in settings.SETTINGS)
+    shown = max(len(s.shown_default) for s in settings.SETTINGS)
+    for s in settings.SETTINGS:
+        print(f"{s.env:<{width}}  {s.shown_default:<{shown}}  {s.help}")
+    return 0
+
+
 def _bench(config: Config, args: argparse.Namespace) -> int:
     try:
         from streaming.bench.harness import bench
@@ -501,6 +514,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--clients", type=_positive_int, default=50, help="bench: dashboards")
     serve.add_argument("--seconds", type=float, default=30.0, help="bench: dashboard phase")
     serve.set_defaults(handler=_serve)
+
+    settings = commands.add_parser(
+        "settings", help="every setting: its variable, TOML key, default and meaning"
+    )
+    settings.add_argument("--markdown", action="store_true", help="as the README's table")
+    settings.set_defaults(handler=_settings)
 
     verify = commands.add_parser("verify", help="check the correctness oracles")
     verify.add_argument("--ledger", type=Path, action="append", help="producer ledger (repeat)")

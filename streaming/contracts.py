@@ -19,8 +19,9 @@ from typing import Any
 from streaming.errors import ConfigError
 from streaming.quality import ACTIONS, RULES
 from streaming.schemas import MessageSchema, load_schemas, spark_fields, version_of
+from streaming.settings import BY_ENV
 
-CONTRACT_DIR = Path(__file__).resolve().parent.parent / "contracts"
+CONTRACT_DIR: Path = BY_ENV["LAKEHOUSE_CONTRACTS"].default
 DERIVED_TIME_COLUMNS = ("event_timestamp", "date", "hour")
 _TOP_LEVEL = {
     "entity", "schema", "event_time", "watermark", "dedup_keys", "partition_by",

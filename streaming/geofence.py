@@ -34,11 +34,12 @@ from pyspark.sql import functions as F
 from streaming.config import Config
 from streaming.errors import ConfigError
 from streaming.s3.storage import delta_rs_uri, storage_options
+from streaming.settings import BY_ENV
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-DEFAULT_ZONES_FILE = Path(__file__).resolve().parent.parent / "data" / "nyc" / "taxi_zones.geojson"
+DEFAULT_ZONES_FILE: Path = BY_ENV["LAKEHOUSE_GEOFENCES"].default
 GEOFENCE_COLUMNS = ("zone_id", "zone_name", "borough", "geometry_wkt")
 GEOFENCE_SCHEMA = "zone_id INT, zone_name STRING, borough STRING, geometry_wkt STRING"
 _FIX = (

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 from streaming.errors import SetupError
+from streaming.settings import PROJECT_DIR
 
-JVM_DIR = Path(__file__).resolve().parent.parent / "jvm"
+JVM_DIR = PROJECT_DIR / "jvm"
 GROUPS = ("spark", "kafka", "s3")
 STAMP = ".fetched"
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from streaming.config import Secret
+from streaming.settings import Secret
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

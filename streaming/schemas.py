@@ -20,8 +20,9 @@ from typing import Any
 import fastavro
 
 from streaming.errors import ConfigError
+from streaming.settings import BY_ENV
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR: Path = BY_ENV["LAKEHOUSE_SCHEMAS"].default
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
 

@@ -14,11 +14,12 @@ import uuid
 from pathlib import Path
 
 from streaming import jars
-from streaming.config import KafkaConfig, LocalBrokerConfig, Secret
+from streaming.config import KafkaConfig, LocalBrokerConfig
 from streaming.errors import BrokerError, ConfigError, SetupError
 from streaming.kafka import tls
 from streaming.kafka.admin import admin_client, cluster_metadata
 from streaming.processes import alive, log_tail, require_free_port, stop_service
+from streaming.settings import Secret
 
 ScramUser = tuple[str, Secret]
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from streaming.config import PROJECT_DIR
 from streaming.errors import ConfigError
+from streaming.settings import PROJECT_DIR
 
 NYC_DIR = PROJECT_DIR / "data" / "nyc"
 ZONES_FILE = NYC_DIR / "taxi_zones.geojson"

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
+
+from streaming import settings
 from streaming.config import load_config
+from streaming.errors import ConfigError
 
 
 def test_a_sasl_password_with_quotes_and_backslashes_stays_one_jaas_value() -> None:
@@ -23,3 +28,63 @@ def test_a_sasl_password_with_quotes_and_backslashes_stays_one_jaas_value() -> N
     values = {key: re.sub(r"\\(.)", r"\1", value) for key, value in pairs}
     assert values == {"username": "lakehouse", "password": password}
     assert jaas.endswith(";") and jaas.count(" required ") == 1
+
+
+def test_the_settings_table_in_the_docs_is_the_declared_one() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert settings.markdown() in docs, "regenerate it: lakehouse settings --markdown"
+
+
+def test_every_declared_setting_is_read_from_the_environment_and_from_the_file(
+    tmp_path: Path,
+) -> None:
+    """Each setting, set to a value other than its default, changes the configuration; the
+    same value under its TOML key changes it the same way."""
+    base = load_config({})
+    for s in settings.SETTINGS:
+        value = _another_value(s)
+        from_env = load_config({s.env: value, **_needed(s)})
+        assert from_env != base, s.env
+        toml = tmp_path / f"{s.env}.toml"
+        *tables, key = s.key.split(".")
+        header = f"[{'.'.join(tables)}]\n" if tables else ""
+        literal = value if s.kind in ("int", "float", "bool") else f'"{value}"'
+        toml.write_text(f"{header}{key} = {literal}\n")
+        assert load_config(_needed(s), toml) == from_env, s.env
+
+
+def test_a_bad_value_is_one_clear_error_naming_the_setting() -> None:
+    cases = {
+        "LAKEHOUSE_METRICS_PORT": ("ninety", "must be a whole number"),
+        "LAKEHOUSE_VACUUM_HOURS": ("3", "must be at least 168"),
+        "LAKEHOUSE_SERVE_PORT": ("70000", "between 0 and 65535"),
+        "LAKEHOUSE_FAIL_ON_DATA_LOSS": ("maybe", "true or false"),
+        "KAFKA_SECURITY_PROTOCOL": ("tls", "is not one of"),
+        "LAKEHOUSE_ROOT": ("hdfs://x/y", "uses the scheme hdfs://"),
+    }
+    for env, (value, message) in cases.items():
+        with pytest.raises(ConfigError, match=message) as raised:
+            load_config({env: value})
+        assert env in str(raised.value)
+
+
+def _another_value(s: settings.Setting) -> str:
+    if s.choices:
+        return next(c for c in s.choices if c and c != s.default)
+    if s.kind == "bool":
+        return "false" if s.default else "true"
+    if s.kind in ("int", "float"):
+        return str(int(max(s.default, s.minimum or 0)) + 1)
+    if s.kind in ("path", "location"):
+        return "/tmp/elsewhere"
+    if s.env.endswith("_URL") or s.env.endswith("_ENDPOINT"):
+        return "http://elsewhere:9000"
+    return "other-value"
+
+
+def _needed(s: settings.Setting) -> dict[str, str]:
+    """What a setting needs beside it to be accepted (SASL needs its three settings)."""
+    if s.env == "KAFKA_SECURITY_PROTOCOL":
+        return {"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u",
+                "KAFKA_SASL_PASSWORD": "p"}  # fmt: skip
+    return {}

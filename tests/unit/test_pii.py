@@ -10,9 +10,10 @@ import re
 
 import pytest
 
-from streaming.config import Config, Secret, load_config
+from streaming.config import Config, load_config
 from streaming.errors import ConfigError
 from streaming.pii import hmac_pads, mask_pii, pads_frame
+from streaming.settings import Secret
 
 KEY = "unit-test-pii-key-7f3c9a1e5b"
 LONG_KEY = "long-pii-key-" + "0123456789abcdef" * 6  # 109 bytes: longer than one SHA-256 block
