@@ -65,7 +65,7 @@ bench: setup ## the benchmark on the local broker (BENCH="--quick" or any `lakeh
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check streaming tests
 	$(BIN)/ruff format --check streaming tests
-	$(BIN)/mypy streaming
+	$(BIN)/mypy streaming tests
 
 clean: ## remove local tables, checkpoints and broker data (not the venv or jars)
 	rm -rf lakehouse checkpoints .kafka .s3 demo.ledger

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -12,13 +13,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
+from pyspark.sql import SparkSession
 
 import streaming
 from streaming.config import Config
 
 LAKEHOUSE = [sys.executable, "-m", "streaming.cli"]
+PII_KEY = "test-only-pii-key-0123456789abcdef"  # the one key of every test lake
 
 
 TRACE_MARKERS = ("Traceback", "\tat org.", "\tat java.", "py4j.protocol", "Exception in thread")
@@ -83,7 +87,7 @@ def publish(
     producer = Producer({**config.kafka.client_options(), "enable.idempotence": True})
     acked: list[Acked] = []
 
-    def on_delivery(headers, error, message):  # type: ignore[no-untyped-def]
+    def on_delivery(headers, error, message):
         # Delivery reports carry no headers: the sent ones travel with the callback.
         assert error is None, error
         acked.append(
@@ -103,7 +107,7 @@ def publish(
             key=key,
             value=value,
             headers=headers,
-            on_delivery=lambda error, message, sent=headers: on_delivery(sent, error, message),
+            on_delivery=functools.partial(on_delivery, headers),
         )
     assert producer.flush(30) == 0
     return acked
@@ -122,7 +126,7 @@ def wait_for(
     deadline = time.monotonic() + timeout_s
     while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"stream exited early: {process.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+            raise AssertionError(f"stream exited early: {stderr_of(process)[-3000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"the stream made no progress within {timeout_s:.0f} s")
         time.sleep(0.2)
@@ -148,13 +152,18 @@ def kill_9_mid_run(
             os.killpg(stream.pid, signal.SIGKILL)
 
 
-def kafka_frame(spark, messages, offsets: dict[str, int], at, prefix: str = "c."):  # type: ignore[no-untyped-def]
+def kafka_frame(spark: SparkSession, messages, offsets: dict[str, int], at, prefix: str = "c."):
     """A Kafka source batch (the Kafka source's schema) of simulator messages, one partition per
     topic; `offsets` (per entity) advances, so successive frames continue each topic."""
     from streaming import bronze
 
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for m in messages:
         rows.append((m.key, m.value, f"{prefix}{m.entity}", 0, offsets[m.entity], at, 0, []))
         offsets[m.entity] += 1
     return spark.createDataFrame(rows, bronze.KAFKA_SCHEMA).localCheckpoint()
+
+
+def stderr_of(process: subprocess.Popen[str]) -> str:
+    """What a finished (or failing) child process wrote to its piped stderr."""
+    return process.stderr.read() if process.stderr is not None else ""

@@ -12,12 +12,16 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from streaming.config import Config, load_config
 from streaming.kafka import broker
 from streaming.kafka.admin import create_topics
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 PROJECT = Path(__file__).resolve().parent.parent
 # pandas-on-Spark asks for this before any Spark session starts (pyarrow timestamps).
@@ -29,7 +33,7 @@ def _docker_answers() -> bool:
     try:
         import docker
 
-        docker.from_env(timeout=3).ping()
+        docker.from_env(timeout=3).ping()  # type: ignore[attr-defined]
         return True
     except Exception:  # no daemon, no socket, no client: use the local broker
         return False
@@ -105,7 +109,7 @@ def lake(tmp_path: Path, kafka_bootstrap: str) -> Lake:
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     from streaming.spark import build_spark
 
     base = tmp_path_factory.mktemp("spark")

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -19,7 +20,7 @@ from tests.builders import broken_payloads, kill_9_mid_run, lakehouse, publish, 
 pytestmark = pytest.mark.e2e
 
 
-def _produce_corpus(lake, tmp_path: Path) -> list[Path]:  # type: ignore[no-untyped-def]
+def _produce_corpus(lake, tmp_path: Path) -> list[Path]:
     """>= 100k telemetry events plus every other topic, with duplicates and malformed payloads."""
     telemetry = tmp_path / "telemetry.ledger"
     report = run_producer(
@@ -43,7 +44,7 @@ def _produce_corpus(lake, tmp_path: Path) -> list[Path]:  # type: ignore[no-unty
 
 
 def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
-    lake, spark, tmp_path: Path
+    lake, spark: SparkSession, tmp_path: Path
 ) -> None:
     ledgers = _produce_corpus(lake, tmp_path)
     env = lake.process_env(
@@ -64,7 +65,7 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     assert set(result.by_topic) == {lake.config.topic(e).name for e in ENTITIES}
 
 
-def test_malformed_payloads_land_in_bronze_unchanged(lake, spark) -> None:
+def test_malformed_payloads_land_in_bronze_unchanged(lake, spark: SparkSession) -> None:
     messages = broken_payloads()
     acked = publish(lake.config, "telemetry", messages)
 
@@ -80,7 +81,7 @@ def test_malformed_payloads_land_in_bronze_unchanged(lake, spark) -> None:
     assertDataFrameEqual(_fingerprint(stored), _fingerprint(expected))
 
 
-def _fingerprint(frame):  # type: ignore[no-untyped-def]
+def _fingerprint(frame):
     """Coordinates, key, headers and a SHA-256 of the value: byte-exact, readable on failure."""
     return frame.select(
         "_kafka_topic", "_kafka_partition", "_kafka_offset", "key",
@@ -90,7 +91,7 @@ def _fingerprint(frame):  # type: ignore[no-untyped-def]
 
 
 def test_oracle_fails_when_a_bronze_row_is_removed_or_duplicated(
-    lake, spark, tmp_path: Path
+    lake, spark: SparkSession, tmp_path: Path
 ) -> None:
     from delta.tables import DeltaTable
 

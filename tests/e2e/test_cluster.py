@@ -14,7 +14,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyspark
 import pytest
+from pyspark.sql import SparkSession
 
 import streaming
 from streaming import pipeline
@@ -23,12 +25,11 @@ from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT
 from streaming.jars import require
 from streaming.silver.query import check_inputs
 from streaming.verify import check_bronze
-from tests.builders import lakehouse, package_zip
+from tests.builders import PII_KEY, lakehouse, package_zip
 from tests.conftest import QUICK_JVM, _free_ports
 
 pytestmark = pytest.mark.e2e
-PII_KEY = "test-only-pii-key-0123456789abcdef"
-SPARK_HOME = Path(__import__("pyspark").__file__).resolve().parent
+SPARK_HOME = Path(pyspark.__file__ or "").resolve().parent
 # Columns that record when (or from which Silver version) a row was written, not what it says.
 WRITE_TIMES = {"_ingested_at", "_processed_at", "_quarantined_at", UPDATED_AT, "_batch_id"}
 WRITE_TIMES.add(SILVER_VERSION)
@@ -85,7 +86,7 @@ def _wait_for_worker(ui: int, processes: list[subprocess.Popen], log: Path) -> N
     raise AssertionError("the standalone cluster did not come up: " + log.read_text()[-3000:])
 
 
-def _table(spark, path: str):  # type: ignore[no-untyped-def]
+def _table(spark: SparkSession, path: str):
     """A table without write times, maps as sorted entry arrays (set operations reject maps)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import MapType
@@ -97,7 +98,7 @@ def _table(spark, path: str):  # type: ignore[no-untyped-def]
 
 
 def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
-    cluster: tuple[str, int], lake, spark, tmp_path: Path
+    cluster: tuple[str, int], lake, spark: SparkSession, tmp_path: Path
 ) -> None:
     master, ui = cluster
     ledger = tmp_path / "corpus.ledger"

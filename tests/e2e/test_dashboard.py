@@ -20,11 +20,10 @@ from deltalake import DeltaTable
 from streaming.config import ENTITIES
 from streaming.kafka.admin import create_topics
 from streaming.simulator.producer import ProduceOptions, run_producer
-from tests.builders import LAKEHOUSE, lakehouse, one_clear_line
+from tests.builders import LAKEHOUSE, PII_KEY, lakehouse, one_clear_line, stderr_of
 from tests.conftest import PROJECT, Lake, _free_ports
 
 pytestmark = pytest.mark.e2e
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 ROLES = ("analysts", "operations", "admins")
 ARTIFACTS = Path(os.environ.get("LAKEHOUSE_TEST_ARTIFACTS", PROJECT / "artifacts"))
 
@@ -61,7 +60,7 @@ def server(built: Lake) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while True:
-        assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+        assert process.poll() is None, stderr_of(process)
         try:
             urllib.request.urlopen(url + "health", timeout=2)
             break
@@ -117,7 +116,7 @@ def _cells(driver: Any, panel: str, column: str) -> list[str]:
 
 
 def _gold(lake: Lake, table: str) -> list[dict[str, Any]]:
-    return DeltaTable(lake.config.table_path("gold", table)).to_pyarrow_table().to_pylist()  # type: ignore[no-any-return]
+    return DeltaTable(lake.config.table_path("gold", table)).to_pyarrow_table().to_pylist()
 
 
 def _shot(driver: Any, name: str) -> Path:
@@ -130,7 +129,7 @@ def _shot(driver: Any, name: str) -> Path:
 
 def test_an_analyst_sees_the_gold_tables_on_the_map_and_panels_with_pii_masked(
     built, server, browser
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     url, tokens, _ = server
     _sign_in(browser, url, tokens["analysts"])
     shown = browser.execute_script(
@@ -162,7 +161,7 @@ def test_an_analyst_sees_the_gold_tables_on_the_map_and_panels_with_pii_masked(
     _shot(browser, "dashboard-analysts.png")
 
 
-def test_operations_see_masked_emails_and_admins_see_the_identities(built, server, browser) -> None:  # type: ignore[no-untyped-def]
+def test_operations_see_masked_emails_and_admins_see_the_identities(built, server, browser) -> None:
     url, tokens, _ = server
     _sign_in(browser, url, tokens["operations"])
     emails = _cells(browser, "bookings", "email_masked")
@@ -184,7 +183,7 @@ def test_operations_see_masked_emails_and_admins_see_the_identities(built, serve
     _shot(browser, "dashboard-admins.png")
 
 
-def test_the_server_audits_the_page_reads_and_stops_cleanly(built, server) -> None:  # type: ignore[no-untyped-def]
+def test_the_server_audits_the_page_reads_and_stops_cleanly(built, server) -> None:
     url, tokens, process = server
     request = urllib.request.Request(
         url + "tables/gold.demand_by_zone_hour?limit=1",
@@ -194,7 +193,7 @@ def test_the_server_audits_the_page_reads_and_stops_cleanly(built, server) -> No
         assert response.status == 200
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
-    errors = process.stderr.read()  # type: ignore[union-attr]
+    errors = stderr_of(process)
     assert "Traceback" not in errors and not any(t in errors for t in tokens.values())
     audit = DeltaTable(built.config.table_path("audit", "reads")).to_pyarrow_table().to_pylist()
     page = {(r["token_id"], r["table"], r["status"]) for r in audit}
@@ -203,7 +202,7 @@ def test_the_server_audits_the_page_reads_and_stops_cleanly(built, server) -> No
     assert ("admins-page", "silver.bookings", 200) in page
 
 
-def test_status_reads_run_history_lag_freshness_and_quarantine_from_the_tables(built) -> None:  # type: ignore[no-untyped-def]
+def test_status_reads_run_history_lag_freshness_and_quarantine_from_the_tables(built) -> None:
     result = lakehouse("status", "--json", "--stale-seconds", "3600", env=built.process_env())
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)

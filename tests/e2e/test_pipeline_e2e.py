@@ -10,8 +10,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming.catalog import AUDIT_MAINTENANCE, RUN_HISTORY, TOMBSTONES, TableRef
@@ -21,10 +23,9 @@ from streaming.simulator.malformed import PRIMARY_ID
 from streaming.simulator.producer import ProduceOptions, run_producer
 from streaming.tables import open_table
 from streaming.verify import check_bronze, read_ledgers
-from tests.builders import LAKEHOUSE, kill_9_mid_run, lakehouse
+from tests.builders import LAKEHOUSE, PII_KEY, kill_9_mid_run, lakehouse
 
 pytestmark = pytest.mark.e2e
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 COORDS = ["_kafka_topic", "_kafka_partition", "_kafka_offset"]
 SHORT_WATERMARK = {"telemetry", "user_events", "external"}  # late events (1-48 h) are late here
 
@@ -86,7 +87,7 @@ def expected_places(entity: str, kind: str, fmt: str) -> set[tuple[str, str | No
     return {("quarantine", "rule", _RULES.get(kind, {}).get(entity, defaults.get(kind)))}
 
 
-def _placements(spark, config):  # type: ignore[no-untyped-def]
+def _placements(spark: SparkSession, config):
     """(coordinates, place, stage, rule_ids) of every row in Silver and quarantine; duplicates
     (quarantined with stage `duplicate`) as their own place."""
     no_stage = F.lit(None).cast("string").alias("stage")
@@ -111,9 +112,14 @@ def _placements(spark, config):  # type: ignore[no-untyped-def]
     return placed
 
 
-def _produce(lake, tmp_path: Path, count: int) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+def _produce(lake, tmp_path: Path, count: int) -> dict[str, Path]:
     ledgers = {"json": tmp_path / "json.ledger", "avro": tmp_path / "avro.ledger"}
-    options = {"rate": math.inf, "duplicates": 0.05, "malformed": 0.12, "late": 0.03}
+    options: dict[str, Any] = {
+        "rate": math.inf,
+        "duplicates": 0.05,
+        "malformed": 0.12,
+        "late": 0.03,
+    }
     run_producer(lake.config, "all", ProduceOptions(count=count, ledger=ledgers["json"], **options))
     run_producer(
         lake.config, "telemetry",
@@ -123,7 +129,7 @@ def _produce(lake, tmp_path: Path, count: int) -> dict[str, Path]:  # type: igno
 
 
 def test_a_day_kill_9_restart_maintenance_and_an_erasure_every_oracle_and_every_kind_in_place(
-    lake, spark, tmp_path: Path
+    lake, spark: SparkSession, tmp_path: Path
 ) -> None:
     """kill -9 mid-run; restart as a long-running stream beside `maintain` (compacting every
     minute); erase a person while both run; stop both; every oracle holds, every kind of record
@@ -189,7 +195,7 @@ def test_a_day_kill_9_restart_maintenance_and_an_erasure_every_oracle_and_every_
         assert books["bronze_rows"] == books["silver"] + books["quarantined"] + books["duplicates"]
 
     placed = _placements(spark, lake.config)
-    erased = spark.read.format("delta").load(TableRef(*TOMBSTONES).path(lake.config))
+    tombstoned = spark.read.format("delta").load(TableRef(*TOMBSTONES).path(lake.config))
     prefix = lake.config.topic_prefix
     seen: dict[tuple[str, str, str], set] = {}
     for fmt, ledger in ledgers.items():
@@ -198,7 +204,7 @@ def test_a_day_kill_9_restart_maintenance_and_an_erasure_every_oracle_and_every_
             .withColumnRenamed("topic", "_kafka_topic")
             .withColumnRenamed("partition", "_kafka_partition")
             .withColumnRenamed("offset", "_kafka_offset")
-            .join(erased.select(*COORDS), COORDS, "left_anti")  # nowhere, as `verify` said
+            .join(tombstoned.select(*COORDS), COORDS, "left_anti")  # nowhere, as `verify` said
             .join(placed, COORDS, "left")
             .groupBy("_kafka_topic", "kind", "place", "stage", "rule_ids")
             .count()
@@ -233,7 +239,7 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.
     return process, log
 
 
-def _wait(condition, what: str, running, timeout_s: float = 600) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition, what: str, running, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         for process, log in running:
@@ -242,7 +248,7 @@ def _wait(condition, what: str, running, timeout_s: float = 600) -> None:  # typ
         time.sleep(2)
 
 
-def _rows_in(config) -> int:  # type: ignore[no-untyped-def]
+def _rows_in(config) -> int:
     """Every row the pipeline's batches took in, by the run history."""
     table = open_table(config, TableRef(*RUN_HISTORY).path(config))
     if table is None:
@@ -252,17 +258,17 @@ def _rows_in(config) -> int:  # type: ignore[no-untyped-def]
     return sum(n for rows in newest.values() for _, n in rows)
 
 
-def _busiest_user(spark, config) -> str:  # type: ignore[no-untyped-def]
+def _busiest_user(spark: SparkSession, config) -> str:
     """The person with the most bookings and app events in Silver."""
     silver = [
         spark.read.format("delta").load(config.table_path("silver", e)).select("user_id")
         for e in ("bookings", "user_events")
     ]
     counts = silver[0].unionByName(silver[1]).groupBy("user_id").count()
-    return str(counts.orderBy(F.desc("count"), "user_id").first()["user_id"])  # type: ignore[index]
+    return str(counts.orderBy(F.desc("count"), "user_id").collect()[0]["user_id"])
 
 
-def _optimized(config) -> int:  # type: ignore[no-untyped-def]
+def _optimized(config) -> int:
     """OPTIMIZE actions that left fewer files than they found."""
     table = open_table(config, TableRef(*AUDIT_MAINTENANCE).path(config))
     if table is None:

@@ -19,11 +19,10 @@ from streaming.config import Config, load_config
 from streaming.errors import ConfigError
 from streaming.gold.aggregates import TABLES
 from streaming.s3 import server, storage
-from tests.builders import LAKEHOUSE, lakehouse, one_clear_line
+from tests.builders import LAKEHOUSE, PII_KEY, lakehouse, one_clear_line, stderr_of
 from tests.conftest import _free_ports
 
 BUCKET = "lakehouse-test"
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 SECRET = "test-only-s3-secret-0123456789"
 
 
@@ -194,7 +193,7 @@ def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
         silver_lease = _lease_file(s3_env, config, "silver")
         deadline = time.monotonic() + 120
         while not silver_lease.exists():
-            assert writer.poll() is None, writer.stderr.read()[-3000:]  # type: ignore[union-attr]
+            assert writer.poll() is None, stderr_of(writer)[-3000:]
             assert time.monotonic() < deadline, "the writer took no lease"
             time.sleep(0.2)
         second = lakehouse("run", "refine", "--once", env=env, timeout=120)

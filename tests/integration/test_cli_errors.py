@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from tests.builders import lakehouse, one_clear_line, publish
 
@@ -31,7 +32,9 @@ def test_jars_not_fetched(lake, tmp_path: Path) -> None:
     one_clear_line(result, 3, "not fetched", "make setup")
 
 
-def test_unwritable_root_loses_nothing_already_in_bronze(lake, spark, tmp_path: Path) -> None:
+def test_unwritable_root_loses_nothing_already_in_bronze(
+    lake, spark: SparkSession, tmp_path: Path
+) -> None:
     publish(lake.config, "feedback", [(b"k", b"v%d" % i, []) for i in range(20)])
     assert lakehouse("run", "bronze", "--once", env=lake.process_env()).returncode == 0
     table = lake.config.table_path("bronze", "feedback")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming import erasure, lease
@@ -27,10 +28,9 @@ from streaming.silver.query import check_inputs
 from streaming.simulator.events import EventFactory
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_bronze, check_gold, check_silver
-from tests.builders import kafka_frame, lakehouse, one_clear_line
+from tests.builders import PII_KEY, kafka_frame, lakehouse, one_clear_line
 from tests.conftest import lake_env
 
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 NOW = datetime.now(UTC).replace(microsecond=0)
 PEOPLE = ("bookings", "user_events", "feedback")
 
@@ -43,7 +43,7 @@ def _lake(root: Path) -> Config:
     )  # fmt: skip
 
 
-def _batches(spark):  # type: ignore[no-untyped-def]
+def _batches(spark: SparkSession):
     """Two batches over every topic from a pool of 20 users (so one has many rows), the second
     with duplicates and malformed rows; and every message sent."""
     stream = MessageStream("all", duplicates=0.1, malformed=0.1, seed=11, vehicles=500)
@@ -55,7 +55,7 @@ def _batches(spark):  # type: ignore[no-untyped-def]
     return frames, first + second
 
 
-def _subject(messages) -> Subject:  # type: ignore[no-untyped-def]
+def _subject(messages) -> Subject:
     """The user with the most decodable bookings and app events, with their e-mail and phone."""
     records = []
     for m in messages:
@@ -70,7 +70,7 @@ def _subject(messages) -> Subject:  # type: ignore[no-untyped-def]
     return Subject(user, contact["email"], contact["phone"])
 
 
-def _ledger(path: Path, messages) -> Path:  # type: ignore[no-untyped-def]
+def _ledger(path: Path, messages) -> Path:
     offsets: Counter[str] = Counter()
     lines = ["topic,partition,offset,kind"]
     for m in messages:
@@ -82,7 +82,7 @@ def _ledger(path: Path, messages) -> Path:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_lineage_audit_and_an_erasure_that_leaves_no_trace(
-    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _lake(tmp_path)
     frames, messages = _batches(spark)
@@ -109,7 +109,7 @@ def test_lineage_audit_and_an_erasure_that_leaves_no_trace(
     # the retries, say); the second resumes, and the purge still covers the first's commit.
     calls = []
 
-    def deleting_then_failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def deleting_then_failing(*args, **kwargs):
         calls.append(args[1])
         if len(calls) == 2:
             raise RetryableError("injected: a write that kept conflicting")
@@ -169,7 +169,7 @@ def test_erase_flags_are_checked_before_spark_starts(tmp_path: Path) -> None:
     one_clear_line(unknown, 2, "unknown table")
 
 
-def _walk_back_a_gold_row(spark, config: Config, messages) -> None:  # type: ignore[no-untyped-def]
+def _walk_back_a_gold_row(spark: SparkSession, config: Config, messages) -> None:
     """The busiest demand row, walked back: as many Silver and Bronze bookings as it counts,
     each a record the producer sent (the ledger), of the row's vehicle type and hour."""
     demand = spark.read.format("delta").load(config.table_path("gold", "demand_by_zone_hour"))

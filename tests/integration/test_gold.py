@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming import bronze
@@ -19,9 +21,9 @@ from streaming.pipeline import BatchReport, BatchWriter
 from streaming.show import read_table
 from streaming.silver.query import check_inputs
 from streaming.verify import check_gold
+from tests.builders import PII_KEY
 from tests.conftest import lake_env
 
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 TIMES_SQUARE = (40.7580, -73.9855)  # TLC zone 230, Times Sq/Theatre District
 ZONE = 230
 # "Yesterday", ten minutes into an hour that has passed today: every booking is in the past,
@@ -30,7 +32,7 @@ BASE = (datetime.now(UTC) - timedelta(days=1, hours=1)).replace(minute=10, secon
 
 
 @pytest.fixture
-def config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def config(tmp_path: Path):
     return load_config({**lake_env(tmp_path, "127.0.0.1:1", "g."), "LAKEHOUSE_PII_KEY": PII_KEY})
 
 
@@ -59,7 +61,7 @@ def reading(event_id: str, at: datetime, battery: float, status: str = "availabl
 class Pipeline:
     """The `refine` pipeline's batch writer fed by hand: Silver, then Gold, per batch."""
 
-    def __init__(self, spark, config) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, spark: SparkSession, config) -> None:
         self.spark, self.config = spark, config
         self.offset = 0
         self.batch_id = 0
@@ -72,15 +74,15 @@ class Pipeline:
         inputs = check_inputs(self.config)
         return BatchWriter(self.spark, self.config, "refine", inputs, self.reports.append)
 
-    def bronze(self, entity: str, events: list[dict]):  # type: ignore[no-untyped-def]
-        rows = [
+    def bronze(self, entity: str, events: list[dict]):
+        rows: list[tuple[Any, ...]] = [
             (b"k", json.dumps(e).encode(), f"g.{entity}", 0, self.offset + i, BASE, 0, [])
             for i, e in enumerate(events)
         ]
         self.offset += len(events)
         return bronze.to_bronze(self.spark.createDataFrame(rows, bronze.KAFKA_SCHEMA))
 
-    def batch(self, entity: str, events: list[dict]):  # type: ignore[no-untyped-def]
+    def batch(self, entity: str, events: list[dict]):
         """One batch of Bronze rows through Silver and Gold; returns it, for replays."""
         frame = self.bronze(entity, events).localCheckpoint()
         self.writer(frame, self.batch_id)
@@ -105,7 +107,7 @@ def day(n: int) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def late(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+def late(spark: SparkSession, tmp_path_factory):
     """Bookings over five days, Gold, then a booking for yesterday arriving a day late.
 
     Shared by the tests below, which read it; a test that alters Gold restores it.
@@ -132,7 +134,9 @@ def late(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
     return pipeline, before, last
 
 
-def test_a_late_booking_changes_that_day_and_the_rolling_averages(spark, late) -> None:
+def test_a_late_booking_changes_that_day_and_the_rolling_averages(
+    spark: SparkSession, late
+) -> None:
     pipeline, before, _ = late
     after = pipeline.demand()
     dates = {n: day(n).date() for n in DAYS}
@@ -166,7 +170,7 @@ def test_a_late_booking_changes_that_day_and_the_rolling_averages(spark, late) -
         assert check.ok and check.gold_rows > 0 and check.lag_seconds == 0, check
 
 
-def test_battery_time_in_state_charge_cycles_and_drain(spark, late) -> None:
+def test_battery_time_in_state_charge_cycles_and_drain(spark: SparkSession, late) -> None:
     pipeline, _, _ = late
     path = pipeline.config.table_path("gold", "battery_health_metrics_weekly")
     rows = spark.read.format("delta").load(path).collect()
@@ -185,7 +189,9 @@ def battery(pipeline: Pipeline) -> tuple:
     )  # fmt: skip
 
 
-def test_battery_health_extended_reading_by_reading_equals_the_rebuild(spark, config) -> None:
+def test_battery_health_extended_reading_by_reading_equals_the_rebuild(
+    spark: SparkSession, config
+) -> None:
     """The late fixture's four readings, in three Silver batches with a Gold batch after each:
     every Gold batch extends the stored week instead of rebuilding it, and ends where the one
     batch of all four did. An earlier reading arriving after them makes the week rebuild."""
@@ -211,7 +217,7 @@ def test_battery_health_extended_reading_by_reading_equals_the_rebuild(spark, co
     assert pipeline.summary(name)["extended"] == 0
 
 
-def test_replaying_a_batch_after_a_restart_changes_nothing(spark, late) -> None:
+def test_replaying_a_batch_after_a_restart_changes_nothing(spark: SparkSession, late) -> None:
     from delta.tables import DeltaTable
 
     pipeline, _, last = late
@@ -221,10 +227,10 @@ def test_replaying_a_batch_after_a_restart_changes_nothing(spark, late) -> None:
     ]
     paths = {f"{layer}.{n}": pipeline.config.table_path(layer, n) for layer, n in tables}
 
-    def state():  # type: ignore[no-untyped-def]
+    def state():
         return {
             name: (
-                DeltaTable.forPath(spark, path).history(1).first()["version"],
+                DeltaTable.forPath(spark, path).history(1).collect()[0]["version"],
                 sorted(spark.read.format("delta").load(path).collect()),
             )
             for name, path in paths.items()
@@ -236,14 +242,16 @@ def test_replaying_a_batch_after_a_restart_changes_nothing(spark, late) -> None:
     assert state() == first
 
 
-def test_the_recomputation_oracle_fails_on_one_altered_lost_or_extra_row(spark, late) -> None:
+def test_the_recomputation_oracle_fails_on_one_altered_lost_or_extra_row(
+    spark: SparkSession, late
+) -> None:
     from delta.tables import DeltaTable
 
     pipeline, _, _ = late
     config = pipeline.config
     path = config.table_path("gold", "demand_by_zone_hour")
     gold = DeltaTable.forPath(spark, path)
-    good = gold.history(1).first()["version"]
+    good = gold.history(1).collect()[0]["version"]
     one_row = (F.col("zone_id") == ZONE) & (F.col("date") == day(-3).date())
     try:
         gold.update(one_row, {"total_revenue": F.col("total_revenue") + F.lit(0.01)})
@@ -278,7 +286,9 @@ def test_gold_tables_are_readable_by_delta_rs_and_duckdb(late) -> None:
     assert UPDATED_AT in columns and "booking_count_28d_avg" in columns
 
 
-def test_demand_rebuilds_an_hour_from_both_ends_of_it_and_leaves_other_hours(spark, config) -> None:
+def test_demand_rebuilds_an_hour_from_both_ends_of_it_and_leaves_other_hours(
+    spark: SparkSession, config
+) -> None:
     """Demand's rebuild reads Silver only within the touched hours ([start, end)): a reading
     at the first and at the last microsecond of the hour both count, the hour before is kept."""
     pipeline = Pipeline(spark, config)
@@ -300,7 +310,9 @@ def test_demand_rebuilds_an_hour_from_both_ends_of_it_and_leaves_other_hours(spa
     assert check.ok and check.gold_rows == 2, check
 
 
-def test_a_delete_in_silver_reaches_gold_through_its_touched_keys(spark, config) -> None:
+def test_a_delete_in_silver_reaches_gold_through_its_touched_keys(
+    spark: SparkSession, config
+) -> None:
     """An erasure deletes Silver rows, then hands them to Gold as `delete` changes: the keys
     they touched are rebuilt from what Silver has left."""
     from delta.tables import DeltaTable

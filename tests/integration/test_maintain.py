@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import SparkSession
 
 from streaming.config import Config, load_config
 from streaming.maintain import maintain
@@ -25,7 +26,7 @@ def _config(root: Path) -> Config:
     )
 
 
-def _small_appends(spark, config: Config) -> str:  # type: ignore[no-untyped-def]
+def _small_appends(spark: SparkSession, config: Config) -> str:
     """gold.demand_by_zone_hour-like: 12 one-row appends today and yesterday, 3 of 40 days ago."""
     path = config.table_path("gold", "demand_by_zone_hour")
     days = [TODAY] * 6 + [TODAY - timedelta(days=1)] * 6 + [TODAY - timedelta(days=40)] * 3
@@ -36,8 +37,8 @@ def _small_appends(spark, config: Config) -> str:  # type: ignore[no-untyped-def
 
 
 def test_retention_dry_run_and_real_run_agree_and_compaction_keeps_every_row(
-    spark, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    spark: SparkSession, tmp_path: Path
+) -> None:
     config = _config(tmp_path)
     path = _small_appends(spark, config)
     before = DeltaTable(path)

@@ -10,7 +10,7 @@ import urllib.request
 from types import SimpleNamespace
 
 from streaming.metrics import PipelineMetrics, kafka_positions
-from tests.builders import LAKEHOUSE, lakehouse, publish
+from tests.builders import LAKEHOUSE, lakehouse, publish, stderr_of
 from tests.conftest import _free_ports
 
 
@@ -56,7 +56,7 @@ def test_running_stream_serves_metrics_and_stops_on_sigterm(lake) -> None:
         deadline = time.monotonic() + 180
         metrics: dict[str, float] = {}
         while metrics.get(f"lakehouse_input_rows_total{{{query}}}", 0) < 300:
-            assert stream.poll() is None, stream.stderr.read()[-3000:]  # type: ignore[union-attr]
+            assert stream.poll() is None, stderr_of(stream)[-3000:]
             assert time.monotonic() < deadline, "no metrics within 180 s"
             time.sleep(0.5)
             try:
@@ -84,7 +84,7 @@ def test_running_stream_serves_metrics_and_stops_on_sigterm(lake) -> None:
         assert list(writers) == ["bronze"] and f"pid {stream.pid} " in writers["bronze"]["holder"]
     finally:
         stream.send_signal(signal.SIGTERM)
-        assert stream.wait(timeout=60) == 0, stream.stderr.read()[-3000:]  # type: ignore[union-attr]
+        assert stream.wait(timeout=60) == 0, stderr_of(stream)[-3000:]
 
 
 def test_freshness_is_absent_until_a_row_is_committed() -> None:

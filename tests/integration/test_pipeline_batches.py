@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -19,10 +21,9 @@ from streaming.silver import query, transform
 from streaming.silver.query import check_inputs
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_gold, check_silver
-from tests.builders import kafka_frame
+from tests.builders import PII_KEY, kafka_frame
 from tests.conftest import lake_env
 
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 STAMPS = ("_ingested_at", "_processed_at", "_quarantined_at", "_updated_at")
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -31,13 +32,13 @@ def lake(root: Path) -> Config:
     return load_config({**lake_env(root, "127.0.0.1:1", "c."), "LAKEHOUSE_PII_KEY": PII_KEY})
 
 
-def kafka_batches(spark):  # type: ignore[no-untyped-def]
+def kafka_batches(spark: SparkSession):
     """Two batches over every topic: the first without a duplicate (nothing in it may be taken
     for one on a replay), the second with copies of rows of both batches, malformed and late
     rows."""
     offsets = dict.fromkeys(ENTITIES, 0)
 
-    def frame(messages):  # type: ignore[no-untyped-def]
+    def frame(messages):
         return kafka_frame(spark, messages, offsets, NOW)
 
     clean = MessageStream("all", seed=3, vehicles=5_000)
@@ -51,7 +52,7 @@ def kafka_batches(spark):  # type: ignore[no-untyped-def]
     return [frame(first), frame(second)]
 
 
-def tables(spark, config: Config) -> dict:  # type: ignore[no-untyped-def]
+def tables(spark: SparkSession, config: Config) -> dict:
     """Every table of the lake, its timestamps of processing dropped."""
     from delta.tables import DeltaTable
 
@@ -70,6 +71,8 @@ class _Crash(Exception):
     """Raised right after a table write of an attempt has committed, as a kill -9 there would
     leave it."""
 
+    attempt: ClassVar[dict[str, int]] = {"writes": 0}  # the current attempt's table writes
+
 
 def _crash_after_each_write(monkeypatch: pytest.MonkeyPatch, every: int) -> list[str]:
     """Make every attempt die right after its `every`-th table write; returns the crash log."""
@@ -77,7 +80,7 @@ def _crash_after_each_write(monkeypatch: pytest.MonkeyPatch, every: int) -> list
     write = commits.CommitGuard.write
     attempt = {"writes": 0}
 
-    def counted(self, path, batch_id, work):  # type: ignore[no-untyped-def]
+    def counted(self, path, batch_id, work):
         wrote = write(self, path, batch_id, work)
         attempt["writes"] += wrote
         if wrote and attempt["writes"] == every:
@@ -90,7 +93,7 @@ def _crash_after_each_write(monkeypatch: pytest.MonkeyPatch, every: int) -> list
     return crashes
 
 
-def _until_it_passes(spark, config: Config, batch, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+def _until_it_passes(spark: SparkSession, config: Config, batch, batch_id: int) -> None:
     """Attempts, each a restarted pipeline (a new writer, tables in order: one thread), each
     dying after a write more than the last one, until one gets through.
 
@@ -101,32 +104,32 @@ def _until_it_passes(spark, config: Config, batch, batch_id: int) -> None:  # ty
     built: dict[str, object] = {}
     validator, geofences, pads = transform.validator, query._geofences, query.pads_frame
 
-    def shared(contract):  # type: ignore[no-untyped-def]
+    def shared(contract):
         if contract.entity not in built:
             built[contract.entity] = validator(contract)
         return built[contract.entity]
 
-    def once(key: str, make):  # type: ignore[no-untyped-def]
-        def made(*args):  # type: ignore[no-untyped-def]
+    def once(key: str, make):
+        def made(*args):
             if key not in built:
                 built[key] = make(*args)
             return built[key]
 
         return made
 
-    transform.validator = shared  # type: ignore[assignment]
-    query._geofences = once("geofences", geofences)  # type: ignore[assignment]
-    query.pads_frame = once("pads", pads)  # type: ignore[assignment]
+    transform.validator = shared
+    query._geofences = once("geofences", geofences)
+    query.pads_frame = once("pads", pads)
     try:
         _attempts(spark, config, batch, batch_id)
     finally:
-        transform.validator = validator  # type: ignore[assignment]
-        query._geofences, query.pads_frame = geofences, pads  # type: ignore[assignment]
+        transform.validator = validator
+        query._geofences, query.pads_frame = geofences, pads
 
 
-def _attempts(spark, config: Config, batch, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+def _attempts(spark: SparkSession, config: Config, batch, batch_id: int) -> None:
     for _ in range(100):
-        _Crash.attempt["writes"] = 0  # type: ignore[attr-defined]
+        _Crash.attempt["writes"] = 0
         writer = BatchWriter(spark, config, "all", check_inputs(config), workers=1)
         try:
             writer(batch, batch_id)
@@ -138,7 +141,7 @@ def _attempts(spark, config: Config, batch, batch_id: int) -> None:  # type: ign
 
 @pytest.mark.slow
 def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_died(
-    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batches = kafka_batches(spark)
     clean = lake(tmp_path / "clean")

@@ -10,8 +10,10 @@ import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming import bronze, lease
@@ -23,10 +25,9 @@ from streaming.replay import check_range, replay
 from streaming.silver.query import check_inputs
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_gold, check_silver
-from tests.builders import lakehouse, one_clear_line
+from tests.builders import PII_KEY, lakehouse, one_clear_line
 from tests.conftest import PROJECT, lake_env
 
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 RULE = "battery_level_range"
 KEYS = ["_kafka_partition", "_kafka_offset"]
 
@@ -49,28 +50,28 @@ def _wrong_contracts(folder: Path) -> Path:
     return folder
 
 
-def _batch(spark, entity: str = "all", now: datetime | None = None, start: int = 0):  # type: ignore[no-untyped-def]
+def _batch(spark: SparkSession, entity: str = "all", now: datetime | None = None, start: int = 0):
     now = now or datetime.now(UTC).replace(microsecond=0)
     messages = MessageStream(entity, seed=11 + start, vehicles=400).next_chunk(150, now)
     offsets = dict.fromkeys(ENTITIES, start)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for m in messages:
         rows.append((m.key, m.value, f"r.{m.entity}", 0, offsets[m.entity], now, 0, []))
         offsets[m.entity] += 1
     return spark.createDataFrame(rows, bronze.KAFKA_SCHEMA).localCheckpoint()
 
 
-def _versions(spark, config: Config) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _versions(spark: SparkSession, config: Config) -> dict[str, int]:
     from delta.tables import DeltaTable
 
     paths = [config.table_path(layer, "telemetry") for layer in ("silver", "quarantine")]
     paths += [config.table_path("gold", name) for name in TABLES]
-    return {p: DeltaTable.forPath(spark, p).history(1).first()["version"] for p in paths}
+    return {p: DeltaTable.forPath(spark, p).history(1).collect()[0]["version"] for p in paths}
 
 
 @pytest.mark.slow
 def test_a_fixed_rule_redrives_exactly_its_rows_to_silver_and_gold_once(
-    spark, tmp_path: Path
+    spark: SparkSession, tmp_path: Path
 ) -> None:
     wrong = _lake(tmp_path, _wrong_contracts(tmp_path / "contracts"))
     BatchWriter(spark, wrong, "all", check_inputs(wrong))(_batch(spark), 0)
@@ -120,13 +121,13 @@ def test_a_fixed_rule_redrives_exactly_its_rows_to_silver_and_gold_once(
         (["telemetry", "--since", "yesterday"], ["--since 'yesterday' is not a time"]),
     ],
 )
-def test_bad_flags_are_one_line_and_change_nothing(lake, flags, phrases) -> None:  # type: ignore[no-untyped-def]
+def test_bad_flags_are_one_line_and_change_nothing(lake, flags, phrases) -> None:
     result = lakehouse("redrive", *flags, env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY))
     one_clear_line(result, 2, *phrases)
     assert not Path(lake.config.root).exists(), "a refused re-drive touched the lake"
 
 
-def test_a_redrive_is_refused_while_a_writer_holds_silver(lake) -> None:  # type: ignore[no-untyped-def]
+def test_a_redrive_is_refused_while_a_writer_holds_silver(lake) -> None:
     holder = lease.Holder.this_process()
     held = lease.acquire(lake.config, ["silver", "gold"], holder, settle_s=0)
     try:
@@ -155,7 +156,7 @@ def _status(level: float | None, bounds: tuple[float, ...]) -> str | None:
 
 @pytest.mark.slow
 def test_replaying_one_hour_after_a_derivation_change_rebuilds_that_hour_only(
-    spark, tmp_path: Path
+    spark: SparkSession, tmp_path: Path
 ) -> None:
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     config = _lake(tmp_path)
@@ -167,10 +168,10 @@ def test_replaying_one_hour_after_a_derivation_change_rebuilds_that_hour_only(
     writer(_batch(spark, "telemetry", hour + timedelta(minutes=80), start=300), 2)
     silver_path = config.table_path("silver", "telemetry")
 
-    def hours() -> dict[int, dict]:  # type: ignore[type-arg]
+    def hours() -> dict[int, dict]:
         """Silver's rows by Kafka hour (0: the replayed one), keyed by Kafka position."""
         rows = spark.read.format("delta").load(silver_path).drop("_processed_at", "_batch_id")
-        by_hour: dict[int, dict] = {0: {}, 1: {}}  # type: ignore[type-arg]
+        by_hour: dict[int, dict] = {0: {}, 1: {}}
         next_hour = hour.replace(tzinfo=None) + timedelta(hours=1)
         for row in rows.collect():
             position = (row["_kafka_partition"], row["_kafka_offset"])
@@ -205,7 +206,7 @@ def test_replaying_one_hour_after_a_derivation_change_rebuilds_that_hour_only(
     assert check_silver(spark, changed, "telemetry").ok
 
 
-def test_a_replay_range_backwards_is_one_line(lake) -> None:  # type: ignore[no-untyped-def]
+def test_a_replay_range_backwards_is_one_line(lake) -> None:
     result = lakehouse(
         "replay", "telemetry", "--from", "2026-12-05T10:00:00Z", "--to", "2026-12-05T09:00:00Z",
         env=lake.process_env(LAKEHOUSE_PII_KEY=PII_KEY),

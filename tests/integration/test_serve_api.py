@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -36,12 +37,12 @@ MATRIX = {
 }
 
 
-def _write(config: Config, table: str, rows: list[dict], mode: str = "append", **kw) -> None:  # type: ignore[no-untyped-def]
+def _write(config: Config, table: str, rows: list[dict], mode: Any = "append", **kw: Any) -> None:
     layer, name = table.split(".")
-    write_deltalake(config.table_path(layer, name), pa.Table.from_pylist(rows), mode=mode, **kw)  # type: ignore[arg-type]
+    write_deltalake(config.table_path(layer, name), pa.Table.from_pylist(rows), mode=mode, **kw)
 
 
-def _booking(i: int) -> dict:  # type: ignore[type-arg]
+def _booking(i: int) -> dict:
     return {
         "booking_id": f"B{i:04d}",
         "user_id": f"U{i % 7:04d}",
@@ -134,13 +135,13 @@ def served(
         yield client, tokens, config
 
 
-def _get(served, role: str | None, path: str, **params):  # type: ignore[no-untyped-def]
+def _get(served, role: str | None, path: str, **params):
     client, tokens, _ = served
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
     return client.get(path, params=params, headers=headers)
 
 
-def test_the_policy_file_is_adr17s_matrix_and_every_table_is_covered(served) -> None:  # type: ignore[no-untyped-def]
+def test_the_policy_file_is_adr17s_matrix_and_every_table_is_covered(served) -> None:
     _, _, config = served
     policy = load_policy(config.serve.policy_file)
     assert set(policy.roles) == set(ROLES)
@@ -152,7 +153,7 @@ def test_the_policy_file_is_adr17s_matrix_and_every_table_is_covered(served) -> 
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_each_role_reads_what_it_is_granted_and_is_refused_the_rest(served, role: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_role_reads_what_it_is_granted_and_is_refused_the_rest(served, role: str) -> None:
     for table, allowed in MATRIX.items():
         if table == "audit.reads":
             continue  # written by the server itself, tested with the audit
@@ -169,7 +170,7 @@ def test_each_role_reads_what_it_is_granted_and_is_refused_the_rest(served, role
     assert not {t for t, allowed in MATRIX.items() if role not in allowed} & listed
 
 
-def _as_rows(response, output: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+def _as_rows(response, output: str) -> list[dict]:
     if output == "json":
         return response.json()["rows"]
     if output == "csv":
@@ -183,7 +184,7 @@ def _as_rows(response, output: str) -> list[dict]:  # type: ignore[no-untyped-de
 
 
 @pytest.mark.parametrize("output", ["json", "csv", "arrow"])
-def test_pii_is_masked_for_every_role_but_admins_in_every_format(served, output: str) -> None:  # type: ignore[no-untyped-def]
+def test_pii_is_masked_for_every_role_but_admins_in_every_format(served, output: str) -> None:
     for role in ("operations", "data_scientists", "admins"):
         response = _get(
             served, role, "/tables/silver.bookings", format=output, order="booking_id", limit=3
@@ -207,7 +208,7 @@ def test_pii_is_masked_for_every_role_but_admins_in_every_format(served, output:
     assert "_users" not in gold and "U1" not in gold  # partial aggregates' member sets: internal
 
 
-def test_masked_and_internal_columns_cannot_be_filtered_or_ordered_by(served) -> None:  # type: ignore[no-untyped-def]
+def test_masked_and_internal_columns_cannot_be_filtered_or_ordered_by(served) -> None:
     for params in (
         {"filter": "user_id:eq:U0001"},
         {"order": "-email_token"},
@@ -222,8 +223,8 @@ def test_masked_and_internal_columns_cannot_be_filtered_or_ordered_by(served) ->
     assert admin.status_code == 200 and {r["user_id"] for r in admin.json()["rows"]} == {"U0001"}
 
 
-def test_filters_columns_and_pages_cover_every_row_once_in_a_stable_order(served) -> None:  # type: ignore[no-untyped-def]
-    def page(offset: int):  # type: ignore[no-untyped-def]
+def test_filters_columns_and_pages_cover_every_row_once_in_a_stable_order(served) -> None:
+    def page(offset: int):
         return _get(
             served,
             "analysts",
@@ -246,7 +247,7 @@ def test_filters_columns_and_pages_cover_every_row_once_in_a_stable_order(served
     assert chosen.json()["rows"][0]["total_revenue"] in {"30.75", "51.25"}  # exact decimals
 
 
-def test_time_travel_reads_a_version_and_history_lists_them(served) -> None:  # type: ignore[no-untyped-def]
+def test_time_travel_reads_a_version_and_history_lists_them(served) -> None:
     latest = _get(served, "operations", "/tables/silver.bookings", limit=1)
     old = _get(served, "operations", "/tables/silver.bookings", as_of=0, limit=1)
     assert (latest.json()["total"], old.json()["total"]) == (25, 20)
@@ -275,7 +276,7 @@ def test_time_travel_reads_a_version_and_history_lists_them(served) -> None:  # 
         ({"filter": "booking_id:eq:'; DROP TABLE t; --"}, 200, ""),  # a value, matching nothing
     ],
 )
-def test_bad_input_gets_a_one_line_4xx(served, params: dict, status: int, phrase: str) -> None:  # type: ignore[type-arg]
+def test_bad_input_gets_a_one_line_4xx(served, params: dict, status: int, phrase: str) -> None:
     response = _get(served, "operations", "/tables/silver.bookings", **params)
     assert response.status_code == status, response.text
     body = response.json()
@@ -286,7 +287,7 @@ def test_bad_input_gets_a_one_line_4xx(served, params: dict, status: int, phrase
         assert "Traceback" not in response.text
 
 
-def test_unknown_tokens_and_tables(served) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_tokens_and_tables(served) -> None:
     client, _, _ = served
     assert _get(served, None, "/tables/gold.demand_by_zone_hour").status_code == 401
     wrong = client.get("/tables", headers={"Authorization": "Bearer not-a-token"})
@@ -295,7 +296,7 @@ def test_unknown_tokens_and_tables(served) -> None:  # type: ignore[no-untyped-d
     assert _get(served, "admins", "/tables/../../etc").status_code == 404
 
 
-def test_vehicle_lookups_see_a_new_state_within_one_refresh(served) -> None:  # type: ignore[no-untyped-def]
+def test_vehicle_lookups_see_a_new_state_within_one_refresh(served) -> None:
     _, _, config = served
     first = _get(served, "operations", "/vehicles/V3").json()
     assert first["vehicle"]["battery_level"] == 53.0
@@ -328,7 +329,7 @@ def test_vehicle_lookups_see_a_new_state_within_one_refresh(served) -> None:  # 
     assert time.monotonic() - committed < 1.0  # refresh every 0.2 s here
 
 
-def test_health_and_metrics_need_no_token(served) -> None:  # type: ignore[no-untyped-def]
+def test_health_and_metrics_need_no_token(served) -> None:
     health = _get(served, None, "/health").json()
     demand = health["tables"]["gold.demand_by_zone_hour"]
     assert demand["stale"] is False and demand["version"] == 0
@@ -339,7 +340,7 @@ def test_health_and_metrics_need_no_token(served) -> None:  # type: ignore[no-un
     assert 'lakehouse_api_requests_total{route="/tables/{name}",status="403"}' in metrics
 
 
-def test_every_read_is_audited_with_the_token_id_and_never_the_token(served) -> None:  # type: ignore[no-untyped-def]
+def test_every_read_is_audited_with_the_token_id_and_never_the_token(served) -> None:
     client, tokens, config = served
     _get(
         served,
@@ -349,7 +350,7 @@ def test_every_read_is_audited_with_the_token_id_and_never_the_token(served) -> 
         filter="hour:eq:9",
     )
     _get(served, "analysts", "/tables/silver.bookings")
-    client.app.state.serving.audit.flush()  # type: ignore[attr-defined]
+    client.app.state.serving.audit.flush()
     audit = DeltaTable(config.table_path("audit", "reads")).to_pyarrow_table().to_pylist()
     mine = [r for r in audit if r["token_id"] == "analysts-1"]
     assert any(

@@ -5,26 +5,28 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from streaming import bronze
 from streaming.config import load_config
 from streaming.pipeline import BatchWriter
 from streaming.silver.query import check_inputs
+from tests.builders import PII_KEY
 from tests.conftest import lake_env
 
-PII_KEY = "test-only-pii-key-0123456789abcdef"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
-def config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def config(tmp_path: Path):
     return load_config({**lake_env(tmp_path, "127.0.0.1:1", "w."), "LAKEHOUSE_PII_KEY": PII_KEY})
 
 
-def silver_writer(spark, config) -> BatchWriter:  # type: ignore[no-untyped-def]
+def silver_writer(spark: SparkSession, config) -> BatchWriter:
     """The `refine` pipeline's batch writer with Silver alone, as after a (re)start."""
     return BatchWriter(spark, config, "refine", check_inputs(config), layers=("silver",))
 
@@ -37,15 +39,15 @@ def telemetry(event_id: str, at: datetime, battery: float, lat: float = 40.7580)
     }  # fmt: skip
 
 
-def bronze_batch(spark, events: list[dict], first_offset: int):  # type: ignore[no-untyped-def]
-    rows = [
+def bronze_batch(spark: SparkSession, events: list[dict], first_offset: int):
+    rows: list[tuple[Any, ...]] = [
         (b"SC000042", json.dumps(e).encode(), "w.telemetry", 0, first_offset + i, NOW, 0, [])
         for i, e in enumerate(events)
     ]
     return bronze.to_bronze(spark.createDataFrame(rows, bronze.KAFKA_SCHEMA))
 
 
-def snapshot(spark, config):  # type: ignore[no-untyped-def]
+def snapshot(spark: SparkSession, config):
     from delta.tables import DeltaTable
 
     tables = {
@@ -54,7 +56,8 @@ def snapshot(spark, config):  # type: ignore[no-untyped-def]
         "vehicle_state": config.table_path("silver", "vehicle_state"),
     }
     versions = {
-        n: DeltaTable.forPath(spark, p).history(1).first()["version"] for n, p in tables.items()
+        n: DeltaTable.forPath(spark, p).history(1).collect()[0]["version"]
+        for n, p in tables.items()
     }
     contents = {
         n: spark.read.format("delta")
@@ -65,7 +68,7 @@ def snapshot(spark, config):  # type: ignore[no-untyped-def]
     return versions, contents
 
 
-def test_replaying_a_batch_id_changes_nothing(spark, config) -> None:
+def test_replaying_a_batch_id_changes_nothing(spark: SparkSession, config) -> None:
     writer = silver_writer(spark, config)
     events = [telemetry(f"e-{i}", NOW - timedelta(seconds=i), 50.0 + i) for i in range(20)]
     events.append(dict(events[0]))  # a producer retry inside the batch
@@ -91,7 +94,9 @@ def test_replaying_a_batch_id_changes_nothing(spark, config) -> None:
     assert duplicates.count() == 1 + 21
 
 
-def test_an_out_of_order_event_leaves_vehicle_state_at_the_newest(spark, config) -> None:
+def test_an_out_of_order_event_leaves_vehicle_state_at_the_newest(
+    spark: SparkSession, config
+) -> None:
     writer = silver_writer(spark, config)
     newer = telemetry("newer", NOW, 80.0, lat=40.7580)
     older = telemetry("older", NOW - timedelta(minutes=2), 20.0, lat=40.6413)
@@ -112,12 +117,12 @@ def test_an_out_of_order_event_leaves_vehicle_state_at_the_newest(spark, config)
     same_batch = [telemetry("late-in-batch", NOW - timedelta(minutes=1), 10.0),
                   telemetry("newest", NOW + timedelta(seconds=30), 55.0)]  # fmt: skip
     writer(bronze_batch(spark, same_batch[::-1], first_offset=2), 2)
-    state = spark.read.format("delta").load(config.table_path("silver", "vehicle_state")).first()
-    assert state["battery_level"] == 55.0
+    newest = spark.read.format("delta").load(config.table_path("silver", "vehicle_state"))
+    assert newest.collect()[0]["battery_level"] == 55.0
 
 
 def test_a_new_optional_field_becomes_a_column_and_an_incompatible_one_is_quarantined(
-    spark, tmp_path: Path
+    spark: SparkSession, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -171,7 +176,9 @@ def test_a_new_optional_field_becomes_a_column_and_an_incompatible_one_is_quaran
     ]
 
 
-def test_a_restarted_writer_resumes_from_the_watermark_of_the_last_batch(spark, config) -> None:
+def test_a_restarted_writer_resumes_from_the_watermark_of_the_last_batch(
+    spark: SparkSession, config
+) -> None:
     silver_writer(spark, config)(
         bronze_batch(spark, [telemetry("newest", NOW, 50.0)], first_offset=0), 0
     )

@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from pyspark.sql import SparkSession
+
 from tests.builders import TRACE_MARKERS, package_zip
 from tests.conftest import lake_env
 
@@ -59,7 +61,9 @@ def test_stopping_a_query_mid_batch_prints_no_jvm_trace(tmp_path: Path) -> None:
         assert marker not in result.stderr, result.stderr[:2000]
 
 
-def test_the_pipeline_runs_its_jobs_in_its_fair_scheduler_pool(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_pipeline_runs_its_jobs_in_its_fair_scheduler_pool(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     """A batch's layer threads submit jobs side by side: in the default FIFO pool one job's
     tasks would hold every core until it ends."""
     from streaming.config import load_config
@@ -69,7 +73,7 @@ def test_the_pipeline_runs_its_jobs_in_its_fair_scheduler_pool(spark, tmp_path: 
                           "LAKEHOUSE_TRIGGER_INTERVAL": "1 second"})  # fmt: skip
     seen: set[str | None] = set()
 
-    def batch(frame, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+    def batch(frame, batch_id: int) -> None:
         seen.add(frame.sparkSession.sparkContext.getLocalProperty(POOL_PROPERTY))
         frame.count()  # a job of the query's own thread
 

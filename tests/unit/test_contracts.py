@@ -45,29 +45,29 @@ labels = ["critical", "low", "medium", "good"]
 
 
 @pytest.fixture(scope="module")
-def schemas():  # type: ignore[no-untyped-def]
+def schemas():
     return load_schemas()
 
 
 @pytest.fixture(scope="module")
-def contracts():  # type: ignore[no-untyped-def]
+def contracts():
     return load_contracts()
 
 
-def test_the_five_real_contracts_load(contracts) -> None:  # type: ignore[no-untyped-def]
+def test_the_five_real_contracts_load(contracts) -> None:
     assert set(contracts) == ENTITIES
     for entity, contract in contracts.items():
         assert contract.schema.entity == entity
         assert contract.source.name == f"{entity}.toml"
 
 
-def test_typed_fields_come_from_the_avro_schema(contracts, schemas) -> None:  # type: ignore[no-untyped-def]
+def test_typed_fields_come_from_the_avro_schema(contracts, schemas) -> None:
     for entity, contract in contracts.items():
         assert contract.fields == spark_fields(schemas[entity]), entity
         assert list(contract.fields) == list(schemas[entity].field_names), entity
 
 
-def test_every_required_avro_field_is_checked_for_presence(contracts) -> None:  # type: ignore[no-untyped-def]
+def test_every_required_avro_field_is_checked_for_presence(contracts) -> None:
     for entity, contract in contracts.items():
         present = {e.column for e in contract.expectations if e.rule == NOT_NULL}
         required = {name for name, (_, nullable) in contract.fields.items() if not nullable}
@@ -79,7 +79,7 @@ def test_every_required_avro_field_is_checked_for_presence(contracts) -> None:  
                 assert expectation.action == "quarantine", expectation
 
 
-def test_expectation_ids_are_unique_and_columns_known(contracts) -> None:  # type: ignore[no-untyped-def]
+def test_expectation_ids_are_unique_and_columns_known(contracts) -> None:
     for entity, contract in contracts.items():
         ids = [e.id for e in contract.expectations]
         assert len(ids) == len(set(ids)), entity
@@ -89,7 +89,7 @@ def test_expectation_ids_are_unique_and_columns_known(contracts) -> None:  # typ
         assert set(contract.partition_by) <= columns
 
 
-def test_real_contract_settings(contracts) -> None:  # type: ignore[no-untyped-def]
+def test_real_contract_settings(contracts) -> None:
     telemetry = contracts["telemetry"]
     assert telemetry.watermark_seconds == 600
     assert telemetry.dedup_keys == (("event_id",), ("vehicle_id", "timestamp"))
@@ -101,7 +101,7 @@ def test_real_contract_settings(contracts) -> None:  # type: ignore[no-untyped-d
     assert [g.prefix for g in contracts["bookings"].geofence] == ["pickup_", "dropoff_"]
 
 
-def test_a_small_valid_contract_loads(tmp_path: Path, schemas) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_valid_contract_loads(tmp_path: Path, schemas) -> None:
     path = tmp_path / "telemetry.toml"
     path.write_text(VALID)
     contract = load_contract(path, schemas)
@@ -210,7 +210,7 @@ BROKEN = [
 @pytest.mark.parametrize(("text", "phrases"), BROKEN)
 def test_a_broken_contract_is_one_clear_error(
     tmp_path: Path,
-    schemas,  # type: ignore[no-untyped-def]
+    schemas,
     text: str,
     phrases: list[str],
 ) -> None:
@@ -225,19 +225,19 @@ def test_a_broken_contract_is_one_clear_error(
     assert caught.value.exit_code == 2
 
 
-def test_load_contracts_names_the_broken_file(tmp_path: Path, schemas) -> None:  # type: ignore[no-untyped-def]
+def test_load_contracts_names_the_broken_file(tmp_path: Path, schemas) -> None:
     (tmp_path / "a.toml").write_text(VALID)
     (tmp_path / "b.toml").write_text(_replace('action = "quarantine"', 'action = "ignore"'))
     with pytest.raises(ConfigError, match=r"b\.toml.*unknown action 'ignore'"):
         load_contracts(tmp_path, schemas)
 
 
-def test_an_empty_contract_folder_is_an_error(tmp_path: Path, schemas) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_contract_folder_is_an_error(tmp_path: Path, schemas) -> None:
     with pytest.raises(ConfigError, match="no contracts"):
         load_contracts(tmp_path, schemas)
 
 
-def test_a_bad_tolerance_is_caught_at_load(tmp_path: Path, schemas) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_tolerance_is_caught_at_load(tmp_path: Path, schemas) -> None:
     path = tmp_path / "broken.toml"
     path.write_text(
         VALID + '\n[[expectations]]\nid = "ts"\nrule = "expect_column_values_to_not_be_in_future"'
@@ -247,7 +247,7 @@ def test_a_bad_tolerance_is_caught_at_load(tmp_path: Path, schemas) -> None:  # 
         load_contract(path, schemas)
 
 
-def _silver_once(tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-def]
+def _silver_once(tmp_path: Path, **overrides: str):
     env = {
         **lake_env(tmp_path, "127.0.0.1:1", "x."),
         "PATH": os.environ["PATH"],
@@ -259,7 +259,7 @@ def _silver_once(tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-d
     return result, time.monotonic() - started
 
 
-def _one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+def _one_error_line(result) -> str:
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-2000:]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
+from pyspark.sql import SparkSession
 
 from streaming import geofence
 from streaming.config import load_config
@@ -33,7 +34,7 @@ def zones() -> list[Zone]:
 
 
 @pytest.fixture(scope="module")
-def zone_frame(spark, zones):  # type: ignore[no-untyped-def]
+def zone_frame(spark: SparkSession, zones):
     return geofence.geofences(spark, zones).cache()
 
 
@@ -91,7 +92,7 @@ def island_points(zones: list[Zone]) -> list[tuple[float, float]]:
     return points
 
 
-def test_real_zones_match_shapely(spark, zones, zone_frame) -> None:  # type: ignore[no-untyped-def]
+def test_real_zones_match_shapely(spark: SparkSession, zones, zone_frame) -> None:
     rng = np.random.default_rng(20_250_611)
     random = list(
         zip(
@@ -124,7 +125,7 @@ def test_real_zones_match_shapely(spark, zones, zone_frame) -> None:  # type: ig
     assert [z or -1 for z in expected] == load_zones().locate(lat, lon).tolist()
 
 
-def test_edge_points_really_are_edge_cases(zones) -> None:  # type: ignore[no-untyped-def]
+def test_edge_points_really_are_edge_cases(zones) -> None:
     """Guards the test above: its border and overlap points are covered by two zones."""
     geoms = shapely.from_wkt([zone.wkt for zone in zones])
     tree = shapely.STRtree(geoms)
@@ -137,7 +138,7 @@ def test_edge_points_really_are_edge_cases(zones) -> None:  # type: ignore[no-un
     assert not any(p.interiors for g in geoms for p in getattr(g, "geoms", [g]))  # no holes
 
 
-def test_grid_settles_interior_points_and_leaves_borders_to_sedona(zones) -> None:  # type: ignore[no-untyped-def]
+def test_grid_settles_interior_points_and_leaves_borders_to_sedona(zones) -> None:
     """The grid answers only where one zone alone covers the whole cell; every border and
     overlap point is in a border cell (so the exact test decides it), and most points of real
     demand are settled by the grid alone."""
@@ -164,7 +165,7 @@ def square(x0: float, y0: float, x1: float, y1: float) -> shapely.Geometry:
     return shapely.box(x0, y0, x1, y1)
 
 
-def test_holes_islands_overlaps_and_borders(spark) -> None:  # type: ignore[no-untyped-def]
+def test_holes_islands_overlaps_and_borders(spark: SparkSession) -> None:
     shapes = {
         1: square(0, 0, 10, 10).difference(square(4, 4, 6, 6)),  # donut, hole filled by 2
         2: square(4, 4, 6, 6),
@@ -206,7 +207,7 @@ def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def test_plan_uses_sedona_broadcast_index_join(spark, zone_frame) -> None:  # type: ignore[no-untyped-def]
+def test_plan_uses_sedona_broadcast_index_join(spark: SparkSession, zone_frame) -> None:
     points = spark.createDataFrame([(1, 40.75, -73.98)], POINT_SCHEMA)
     result = geofence.assign_zones(points, zone_frame, "lat", "lon", ["k"])
     plan = result._jdf.queryExecution().executedPlan().toString()
@@ -214,7 +215,7 @@ def test_plan_uses_sedona_broadcast_index_join(spark, zone_frame) -> None:  # ty
     assert "BroadcastIndexJoin" in plan and "Inner, INTERSECTS" in plan
 
 
-def test_geofences_round_trip_through_delta(spark, zones, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_geofences_round_trip_through_delta(spark: SparkSession, zones, tmp_path: Path) -> None:
     path = str(tmp_path / "silver" / "geofences")
     config = load_config({"LAKEHOUSE_ROOT": str(tmp_path)})
     geofence.write_geofences(config, zones, path)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming.contracts import load_contracts
@@ -27,7 +28,9 @@ LENGTHS = "expect_column_value_lengths_to_be_between"
 VEHICLE_ID = r"^[A-Z]{2}\d{6}$"
 
 
-def table(spark, values: list[Any], ddl: str, *checks: tuple[str, dict[str, Any]]) -> list[list]:  # type: ignore[no-untyped-def]
+def table(
+    spark: SparkSession, values: list[Any], ddl: str, *checks: tuple[str, dict[str, Any]]
+) -> list[list]:
     """For each (rule, params): `passes` on every value, in input order, all in one query.
 
     A local frame keeps its row order, so no sort (and no shuffle) is needed.
@@ -38,7 +41,9 @@ def table(spark, values: list[Any], ddl: str, *checks: tuple[str, dict[str, Any]
     return [[row[i] for row in rows] for i in range(len(checks))]
 
 
-def outcomes(spark, values: list[Any], ddl: str, rule: str, params: dict[str, Any]) -> list[Any]:  # type: ignore[no-untyped-def]
+def outcomes(
+    spark: SparkSession, values: list[Any], ddl: str, rule: str, params: dict[str, Any]
+) -> list[Any]:
     """`passes(rule)` for each value, in input order."""
     return table(spark, values, ddl, (rule, params))[0]
 
@@ -48,12 +53,12 @@ def test_the_rule_set_is_the_one_contracts_may_name() -> None:
     assert ACTIONS == ("warn", "quarantine", "fail")
 
 
-def test_not_null_is_the_only_rule_that_rejects_null(spark) -> None:  # type: ignore[no-untyped-def]
+def test_not_null_is_the_only_rule_that_rejects_null(spark: SparkSession) -> None:
     assert outcomes(spark, ["a", "", None], "STRING", NOT_NULL, {}) == [True, True, False]
     assert outcomes(spark, [0.0, math.nan, None], "DOUBLE", NOT_NULL, {}) == [True, True, False]
 
 
-def test_every_other_rule_lets_null_pass(spark) -> None:  # type: ignore[no-untyped-def]
+def test_every_other_rule_lets_null_pass(spark: SparkSession) -> None:
     frame = spark.createDataFrame([(None, None, None)] * 2, "s STRING, d DOUBLE, t TIMESTAMP")
     checks = [
         passes(IN_SET, F.col("s"), {"value_set": ["car"]}),
@@ -68,7 +73,7 @@ def test_every_other_rule_lets_null_pass(spark) -> None:  # type: ignore[no-unty
     assert [list(row) for row in frame.select(*checks).collect()] == [[True] * len(checks)] * 2
 
 
-def test_in_set_is_exact_and_case_sensitive(spark) -> None:  # type: ignore[no-untyped-def]
+def test_in_set_is_exact_and_case_sensitive(spark: SparkSession) -> None:
     params = {"value_set": ["scooter", "ebike", "car", "van"]}
     values = ["scooter", "ebike", "car", "van", "Car", "car ", "", "truck", None]
     assert outcomes(spark, values, "STRING", IN_SET, params) == [
@@ -76,13 +81,13 @@ def test_in_set_is_exact_and_case_sensitive(spark) -> None:  # type: ignore[no-u
     ]  # fmt: skip
 
 
-def test_in_set_on_numbers(spark) -> None:  # type: ignore[no-untyped-def]
+def test_in_set_on_numbers(spark: SparkSession) -> None:
     assert outcomes(spark, [1, 2, 3, None], "INT", IN_SET, {"value_set": [1, 3]}) == [
         True, False, True, True,
     ]  # fmt: skip
 
 
-def test_between_is_inclusive_by_default(spark) -> None:  # type: ignore[no-untyped-def]
+def test_between_is_inclusive_by_default(spark: SparkSession) -> None:
     values = [-0.001, 0.0, 50.0, 100.0, 100.001, None]
     params = {"min_value": 0, "max_value": 100}
     assert outcomes(spark, values, "DOUBLE", BETWEEN, params) == [
@@ -90,7 +95,7 @@ def test_between_is_inclusive_by_default(spark) -> None:  # type: ignore[no-unty
     ]  # fmt: skip
 
 
-def test_between_rejects_nan_and_infinities_outside_the_bounds(spark) -> None:  # type: ignore[no-untyped-def]
+def test_between_rejects_nan_and_infinities_outside_the_bounds(spark: SparkSession) -> None:
     values = [math.nan, math.inf, -math.inf, 5.0]
     bounded = {"min_value": 0, "max_value": 100}
     # NaN is not a number whatever the bounds; an infinity only fails the bound it crosses.
@@ -103,7 +108,7 @@ def test_between_rejects_nan_and_infinities_outside_the_bounds(spark) -> None:  
     ]
 
 
-def test_between_strict_min_and_strict_max(spark) -> None:  # type: ignore[no-untyped-def]
+def test_between_strict_min_and_strict_max(spark: SparkSession) -> None:
     both = {"min_value": 0, "max_value": 1, "strict_min": True, "strict_max": True}
     # strict_* = false is the inclusive default.
     inclusive = {"min_value": 0, "max_value": 1, "strict_min": False, "strict_max": False}
@@ -123,7 +128,7 @@ def test_between_strict_min_and_strict_max(spark) -> None:  # type: ignore[no-un
     ]
 
 
-def test_between_on_integer_columns(spark) -> None:  # type: ignore[no-untyped-def]
+def test_between_on_integer_columns(spark: SparkSession) -> None:
     params = {"min_value": 1, "max_value": 5}
     assert outcomes(spark, [0, 1, 3, 5, 6, None], "INT", BETWEEN, params) == [
         False, True, True, True, False, True,
@@ -132,19 +137,19 @@ def test_between_on_integer_columns(spark) -> None:  # type: ignore[no-untyped-d
     assert outcomes(spark, [0, 1, 2**40], "BIGINT", BETWEEN, big) == [False, True, True]
 
 
-def test_regex_on_vehicle_ids(spark) -> None:  # type: ignore[no-untyped-def]
+def test_regex_on_vehicle_ids(spark: SparkSession) -> None:
     good = ["AB123456", "ZZ000000", "SC999999"]
     bad = ["ab123456", "AB12345", "AB1234567", "A1234567", "ABC23456", "AB12 456", "", " AB123456"]
     results = outcomes(spark, [*good, *bad, None], "STRING", REGEX, {"regex": VEHICLE_ID})
     assert results == [True] * len(good) + [False] * len(bad) + [True]
 
 
-def test_regex_is_a_search_unless_anchored(spark) -> None:  # type: ignore[no-untyped-def]
+def test_regex_is_a_search_unless_anchored(spark: SparkSession) -> None:
     values = ["xxAB123456yy", "AB123456"]
     assert outcomes(spark, values, "STRING", REGEX, {"regex": r"[A-Z]{2}\d{6}"}) == [True, True]
 
 
-def test_not_in_future_with_tolerance(spark) -> None:  # type: ignore[no-untyped-def]
+def test_not_in_future_with_tolerance(spark: SparkSession) -> None:
     now = datetime.now(UTC)
     values = [
         now - timedelta(days=1),
@@ -168,7 +173,7 @@ def test_not_in_future_with_tolerance(spark) -> None:  # type: ignore[no-untyped
     ]
 
 
-def test_value_lengths_between(spark) -> None:  # type: ignore[no-untyped-def]
+def test_value_lengths_between(spark: SparkSession) -> None:
     values = ["", "a", "ab", "abcd", "abcde", "été", None]
     params = {"min_value": 2, "max_value": 4}
     assert table(spark, values, "STRING", (LENGTHS, params), (LENGTHS, {"min_value": 1})) == [
@@ -177,18 +182,16 @@ def test_value_lengths_between(spark) -> None:  # type: ignore[no-untyped-def]
     ]
 
 
-def test_passes_is_never_null(spark) -> None:  # type: ignore[no-untyped-def]
+def test_passes_is_never_null(spark: SparkSession) -> None:
     frame = spark.createDataFrame([(None,)], "v STRING")
-    columns = [
-        passes(name, F.col("v"), params)
-        for name, params in [
-            (NOT_NULL, {}),
-            (IN_SET, {"value_set": ["a"]}),
-            (REGEX, {"regex": "a"}),
-            (LENGTHS, {"min_value": 1}),
-        ]
+    cases: list[tuple[str, dict[str, Any]]] = [
+        (NOT_NULL, {}),
+        (IN_SET, {"value_set": ["a"]}),
+        (REGEX, {"regex": "a"}),
+        (LENGTHS, {"min_value": 1}),
     ]
-    assert list(frame.select(*columns).first()) == [False, True, True, True]
+    columns = [passes(name, F.col("v"), params) for name, params in cases]
+    assert list(frame.select(*columns).collect()[0]) == [False, True, True, True]
 
 
 @pytest.mark.parametrize(
@@ -242,7 +245,7 @@ BATTERY_STATUS = [
 ]
 
 
-def test_battery_status_buckets(spark) -> None:  # type: ignore[no-untyped-def]
+def test_battery_status_buckets(spark: SparkSession) -> None:
     (derivation,) = load_contracts()["telemetry"].derive
     assert derivation.name == "battery_status"
     assert derivation.column == "battery_level"
@@ -271,7 +274,7 @@ def _telemetry(vehicle_id: str, battery: float, at: datetime, **extra: Any) -> b
     return json.dumps(record).encode()
 
 
-def _bronze(spark, payloads: list[bytes]):  # type: ignore[no-untyped-def]
+def _bronze(spark: SparkSession, payloads: list[bytes]):
     """Bronze-shaped rows, one per payload, in order (row i at partition i, offset i)."""
     return spark.createDataFrame(
         [(i, i, b"k", value) for i, value in enumerate(payloads)],
@@ -279,7 +282,7 @@ def _bronze(spark, payloads: list[bytes]):  # type: ignore[no-untyped-def]
     )
 
 
-def test_validate_derives_battery_status_and_applies_the_contract(spark) -> None:  # type: ignore[no-untyped-def]
+def test_validate_derives_battery_status_and_applies_the_contract(spark: SparkSession) -> None:
     contract = load_contracts()["telemetry"]
     at = datetime(2026, 1, 15, 8, 30, tzinfo=UTC)
     payloads = [
@@ -324,7 +327,7 @@ def test_validate_derives_battery_status_and_applies_the_contract(spark) -> None
     assert {(str(row.date), row.hour) for row in rows[:9]} == {("2026-01-15", 8)}
 
 
-def test_a_json_value_is_a_message_only_when_it_is_an_object(spark) -> None:  # type: ignore[no-untyped-def]
+def test_a_json_value_is_a_message_only_when_it_is_an_object(spark: SparkSession) -> None:
     contract = load_contracts()["telemetry"]
     good = _telemetry("AB000001", 50, datetime(2026, 1, 15, 8, 30, tzinfo=UTC))
     payloads = [

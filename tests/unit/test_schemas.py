@@ -6,6 +6,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import pytest
@@ -115,4 +116,5 @@ def test_missing_or_bad_schema_folder_is_a_config_error(tmp_path: Path) -> None:
 
 def test_parsed_schema_is_usable_by_fastavro(schemas: dict[str, MessageSchema]) -> None:
     for schema in schemas.values():
-        assert fastavro.parse_schema(schema.raw)["name"].startswith("lakehouse.mobility.")
+        parsed: Any = fastavro.parse_schema(schema.raw)
+        assert parsed["name"].startswith("lakehouse.mobility.")
