@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,10 +36,12 @@ class TableRef:
         return config.table_path(self.layer, self.name)
 
 
-def all_tables() -> list[TableRef]:
+def all_tables(config: Config) -> list[TableRef]:
     from streaming.gold.aggregates import TABLES
 
-    tables = [TableRef(layer, e) for layer in ("bronze", "silver", "quarantine") for e in ENTITIES]
+    tables = [
+        TableRef(layer, e) for layer in ("bronze", "silver", "quarantine") for e in config.entities
+    ]
     tables.append(TableRef("silver", "vehicle_state"))
     tables += [TableRef("gold", name) for name in TABLES]
     tables.append(TableRef(*AUDIT_READS))
@@ -53,11 +55,11 @@ def all_tables() -> list[TableRef]:
     return sorted(tables, key=lambda t: (LAYERS.index(t.layer), t.name))
 
 
-def parse(name: str) -> TableRef | None:
+def parse(config: Config, name: str) -> TableRef | None:
     """`gold.demand_by_zone_hour` -> its TableRef; None for a name that is not a table."""
     layer, _, table = name.partition(".")
     ref = TableRef(layer, table)
-    return ref if ref in all_tables() else None
+    return ref if ref in all_tables(config) else None
 
 
 def append_rows(

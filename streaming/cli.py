@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from streaming.bench.options import add_arguments as add_bench_arguments
-from streaming.config import ENTITIES, Config, load_config
+from streaming.config import Config, load_config
 from streaming.console import configure_logging, guarded
 from streaming.errors import ConfigError, SetupError, VerificationFailed
+from streaming.simulator import SIMULATED
 
 log = logging.getLogger("lakehouse")
 
@@ -186,7 +187,7 @@ def _maintain(config: Config, args: argparse.Namespace) -> int:
     from streaming.spark import build_spark
 
     tables = [t for t in (args.tables or "").split(",") if t]
-    tables_named(tables)  # an unknown table: one line, before a JVM starts
+    tables_named(config, tables)  # an unknown table: one line, before a JVM starts
     spark = build_spark(config, app_name="lakehouse-maintain")
     if args.once or args.dry_run:
         actions = maintain(spark, config, tables, args.dry_run, vacuum=not args.no_vacuum)
@@ -276,7 +277,7 @@ def _lineage(config: Config, args: argparse.Namespace) -> int:
     from streaming.lineage import lineage
     from streaming.spark import build_spark
 
-    if parse(args.table) is None:
+    if parse(config, args.table) is None:
         raise ConfigError(f"unknown table {args.table!r}", hint="`lakehouse show` lists them")
     report = lineage(build_spark(config, app_name="lakehouse-lineage"), config, args.table,
                      args.where, args.limit)  # fmt: skip
@@ -392,7 +393,7 @@ def _parser() -> argparse.ArgumentParser:
     topics.set_defaults(handler=_topics)
 
     produce = commands.add_parser("produce", help="the fleet simulator: publish events")
-    produce.add_argument("topic", choices=[*ENTITIES, "all"])
+    produce.add_argument("topic", choices=[*SIMULATED, "all"])
     produce.add_argument("--rate", type=float, default=1000.0, help="messages per second")
     produce.add_argument("--count", type=int, default=10_000, help="messages (0 = until Ctrl-C)")
     produce.add_argument("--format", choices=["json", "avro"], default="json")

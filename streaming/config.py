@@ -17,15 +17,6 @@ from streaming import settings
 from streaming.errors import ConfigError
 from streaming.settings import Secret
 
-ENTITIES: tuple[str, ...] = ("telemetry", "bookings", "user_events", "external", "feedback")
-DEFAULT_PARTITIONS: Mapping[str, int] = {
-    "telemetry": 6,
-    "bookings": 3,
-    "user_events": 3,
-    "external": 1,
-    "feedback": 1,
-}
-
 
 @dataclass(frozen=True)
 class TopicConfig:
@@ -225,6 +216,11 @@ class Config:
             )
         return self.pii_key
 
+    @property
+    def entities(self) -> tuple[str, ...]:
+        """The entities: one per contract in `contracts_dir`, each with its topic."""
+        return tuple(t.entity for t in self.topics)
+
     def topic(self, entity: str) -> TopicConfig:
         for topic in self.topics:
             if topic.entity == entity:
@@ -275,10 +271,17 @@ def load_config(
     _check_security(kafka)
 
     prefix = v["topics.prefix"]
-    partitions = {**DEFAULT_PARTITIONS, **file.get("topics", {}).get("partitions", {})}
+    partitions = _entities(v["contracts_dir"])
+    overrides = file.get("topics", {}).get("partitions", {})
+    if set(overrides) - set(partitions):
+        raise ConfigError(
+            f"config file key topics.partitions names {sorted(set(overrides) - set(partitions))}",
+            hint="name only entities that have a contract: " + ", ".join(partitions),
+        )
+    partitions.update(overrides)
     topics = tuple(
-        TopicConfig(entity, f"{prefix}{entity}", _positive(partitions[entity], "partitions"))
-        for entity in ENTITIES
+        TopicConfig(entity, f"{prefix}{entity}", _positive(count, "partitions"))
+        for entity, count in partitions.items()
     )
     stream = StreamConfig(**section("stream"))
     if not stream.max_offsets_per_trigger:
@@ -305,6 +308,23 @@ def load_config(
         maintain=MaintainConfig(**section("maintain"), retention_days=retention),
         lineage=LineageConfig(**section("lineage")),
     )
+
+
+def _entities(folder: Path) -> dict[str, Any]:
+    """Each entity (one contract in the folder: `contracts/<entity>.toml`) and its topic's
+    partitions. The contracts themselves are checked when a pipeline starts."""
+    found = {}
+    for path in sorted(folder.glob("*.toml")):
+        contract = _read_toml(path)
+        entity = contract.get("entity")
+        if not isinstance(entity, str) or not entity:
+            raise ConfigError(f"contract {path} names no entity", hint='add entity = "<name>"')
+        found[entity] = contract.get("partitions", 1)
+    if not found:
+        raise ConfigError(
+            f"no contracts (*.toml) in {folder}", hint="fix LAKEHOUSE_CONTRACTS: one per entity"
+        )
+    return found
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

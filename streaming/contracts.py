@@ -24,7 +24,7 @@ from streaming.settings import BY_ENV
 CONTRACT_DIR: Path = BY_ENV["LAKEHOUSE_CONTRACTS"].default
 DERIVED_TIME_COLUMNS = ("event_timestamp", "date", "hour")
 _TOP_LEVEL = {
-    "entity", "schema", "event_time", "watermark", "dedup_keys", "partition_by",
+    "entity", "partitions", "schema", "event_time", "watermark", "dedup_keys", "partition_by",
     "retention_days", "max_message_bytes", "pii", "expectations", "derive", "geofence",
 }  # fmt: skip
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}

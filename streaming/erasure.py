@@ -49,7 +49,7 @@ from streaming import bronze, pii
 from streaming.audit import actor, record_writes
 from streaming.catalog import ERASURES, TOMBSTONES, TableRef, append_rows
 from streaming.commits import BatchScope, CommitGuard
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.errors import ConfigError, RetryableError
 from streaming.redrive import COORDINATES, delete_matching
 from streaming.s3.storage import is_s3, split
@@ -214,7 +214,7 @@ def _await_earlier_writes(config: Config, erasure_id: int, applied: dict[str, An
 
 
 def require_lake(config: Config) -> None:
-    if not any(exists(config, config.table_path(bronze.LAYER, e)) for e in ENTITIES):
+    if not any(exists(config, config.table_path(bronze.LAYER, e)) for e in config.entities):
         raise ConfigError(
             f"no Bronze table under {config.root}: nothing to erase from",
             hint="check LAKEHOUSE_ROOT (erasure runs against the lake the pipeline writes)",
@@ -235,7 +235,7 @@ def find(spark: SparkSession, config: Config, subject: Subject) -> DataFrame:
         return hit
 
     frames = []
-    for entity in ENTITIES:
+    for entity in config.entities:
         for layer in (bronze.LAYER, "quarantine", "silver"):
             path = config.table_path(layer, entity)
             if not exists(config, path):
@@ -392,7 +392,7 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
         .localCheckpoint()
     )
     topics = {r[0] for r in keys.select("_kafka_topic").distinct().collect()}
-    entities = [e for e in ENTITIES if config.topic(e).name in topics]
+    entities = [e for e in config.entities if config.topic(e).name in topics]
     guard = CommitGuard(config, PIPELINE)
     outcome: dict[str, Any] = {"rows": {}, "versions": {}, "files_rewritten": {}, "gold": {}}
     changes = {}

@@ -50,7 +50,7 @@ def lineage(
 ) -> dict[str, Any]:
     """The rows of `name` that `where` selects, the Silver rows behind them (for Gold), their
     Bronze rows and Kafka coordinates (up to `limit` listed, all counted)."""
-    ref = parse(name)
+    ref = parse(config, name)
     if ref is None or ref.layer not in ("bronze", "silver", "quarantine", "gold"):
         raise ConfigError(
             f"unknown table {name!r}",

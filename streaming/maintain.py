@@ -81,12 +81,12 @@ def retention_days(config: Config, silver: dict[str, int], ref: TableRef) -> int
     return config.maintain.retention_days.get(ref.layer)
 
 
-def tables_named(names: list[str] | None) -> list[TableRef]:
+def tables_named(config: Config, names: list[str] | None) -> list[TableRef]:
     if not names:
-        return all_tables()
+        return all_tables(config)
     refs = []
     for name in names:
-        matched = [t for t in all_tables() if _matches(str(t), name)]
+        matched = [t for t in all_tables(config) if _matches(str(t), name)]
         if not matched:
             raise ConfigError(f"no table matches {name!r}", hint="e.g. gold.* or silver.telemetry")
         refs += [t for t in matched if t not in refs]
@@ -266,7 +266,7 @@ def maintain(
     """One pass over the tables; every action logged as it ends."""
     maintainer = Maintainer(spark, config, dry_run)
     actions: list[Action] = []
-    for ref in tables_named(names):
+    for ref in tables_named(config, names):
         if ref == TableRef(*AUDIT_MAINTENANCE):
             continue  # its own record: kept by `record`, never rewritten under it
         for action in maintainer.table(ref, vacuum):

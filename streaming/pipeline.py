@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from streaming import bronze
 from streaming.audit import record_writes
 from streaming.commits import BatchScope, CommitGuard
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.erasure import Tombstones
 from streaming.frames import HeldFrames
 from streaming.gold.query import GoldLayer
@@ -109,7 +109,7 @@ class BatchWriter:
         inputs: SilverInputs | None,
         observer: Observer | None = None,
         layers: tuple[str, ...] | None = None,
-        workers: int = len(ENTITIES),
+        workers: int | None = None,
     ) -> None:
         """`layers`: a subset of the pipeline's own, in order (Silver alone, say, in a test);
         `workers`: how many entities (or Gold tables) are processed side by side (1: in order)."""
@@ -118,9 +118,9 @@ class BatchWriter:
         self.layers = layers or LAYERS[pipeline]
         self.guard = CommitGuard(config, query_name(pipeline))
         self.observer = observer
-        self.entity_of = {config.topic(e).name: e for e in ENTITIES}
-        self.bronze_paths = {e: config.table_path(bronze.LAYER, e) for e in ENTITIES}
-        for entity in ENTITIES:
+        self.entity_of = {config.topic(e).name: e for e in config.entities}
+        self.bronze_paths = {e: config.table_path(bronze.LAYER, e) for e in config.entities}
+        for entity in config.entities:
             bronze.ensure_bronze_table(spark, config, entity)
         self.silver: dict[str, SilverWriter] = {}
         self.gold: GoldLayer | None = None
@@ -133,14 +133,14 @@ class BatchWriter:
         if "gold" in self.layers:
             self.gold = GoldLayer(spark, config, self.guard)
         self.threads = ThreadPoolExecutor(
-            max_workers=workers,
+            max_workers=workers or len(config.entities),
             thread_name_prefix="layer",
             # A thread's jobs go to its scheduler pool, a thread-local property: the query's
             # own thread has the pipeline's, which new threads do not inherit.
             initializer=spark.sparkContext.setLocalProperty,
             initargs=(POOL_PROPERTY, PIPELINE_POOL),
         )
-        self.workers = workers
+        self.workers = workers or len(config.entities)
         self.tombstones = Tombstones(config)
         self.lineage = OpenLineageEmitter(config, pipeline)
         # Held for each batch: what else writes these tables from this process (an erasure)
@@ -266,7 +266,7 @@ def _timed(report: BatchReport, layer: str) -> Iterator[None]:
 def source(spark: SparkSession, config: Config, pipeline: str) -> DataFrame:
     """Kafka over every topic for `all` and `bronze`; the Bronze tables for `refine`."""
     if "bronze" in LAYERS[pipeline]:
-        return bronze.read_topics(spark, config, list(ENTITIES))
+        return bronze.read_topics(spark, config, list(config.entities))
     streams = [
         spark.readStream.format("delta")
         # Retention and erasure delete from Bronze: such commits hold no new rows to refine.
@@ -274,7 +274,7 @@ def source(spark: SparkSession, config: Config, pipeline: str) -> DataFrame:
         .option("maxBytesPerTrigger", MAX_BYTES_PER_TRIGGER)
         .option("maxFilesPerTrigger", str(config.stream.max_files_per_trigger))
         .load(config.table_path(bronze.LAYER, entity))
-        for entity in ENTITIES
+        for entity in config.entities
     ]
     union = streams[0]
     for stream in streams[1:]:

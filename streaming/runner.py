@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streaming import jars, lease, pipeline
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.erasure import PendingErasures, apply_pending
 from streaming.errors import ConfigError, QueryError
 from streaming.history import RunHistory
@@ -115,7 +115,7 @@ def preflight(config: Config, name: str) -> Plan:
         else:  # the bucket exists, the credentials work, the prefix is writable
             s3_storage.check_location(config, setting, location)
     if "bronze" in layers:
-        require_topics(config, list(ENTITIES))
+        require_topics(config, list(config.entities))
     return Plan(name, layers, silver)
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from streaming.catalog import RUN_HISTORY, TableRef, all_tables
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.errors import LakehouseError
 from streaming.tables import open_table
 
@@ -111,7 +111,7 @@ def kafka_lag(config: Config) -> dict[str, Any]:
     consumer = Consumer({**config.kafka.client_options(), "group.id": "lakehouse-status"})
     lag: dict[str, Any] = {}
     try:
-        for entity in ENTITIES:
+        for entity in config.entities:
             topic = config.topic(entity).name
             metadata = consumer.list_topics(topic, timeout=5)
             partitions = sorted(metadata.topics[topic].partitions)
@@ -152,12 +152,12 @@ def writers(config: Config) -> dict[str, dict[str, Any]]:
 def status(config: Config, stale_seconds: float, kafka: bool = True) -> dict[str, Any]:
     since = datetime.now(UTC) - QUARANTINE_WINDOW
     gold = {}
-    for ref in (t for t in all_tables() if t.layer == "gold"):
+    for ref in (t for t in all_tables(config) if t.layer == "gold"):
         found = dataset(config, ref)
         version, data = found if found else (None, None)
         gold[str(ref)] = freshness(version, data, stale_seconds).__dict__
     quarantine = []
-    for entity in ENTITIES:
+    for entity in config.entities:
         found = dataset(config, TableRef("quarantine", entity))
         if found is not None:
             quarantine += [{"entity": entity, "stage": s, "rule": r, "rows": n}

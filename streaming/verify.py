@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from streaming import bronze
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.errors import ConfigError
 from streaming.tables import exists
 
@@ -68,7 +68,7 @@ def bronze_coordinates(spark: SparkSession, config: Config) -> DataFrame | None:
             F.col("_kafka_partition").alias("partition"),
             F.col("_kafka_offset").alias("offset"),
         )
-        for path in (config.table_path(bronze.LAYER, e) for e in ENTITIES)
+        for path in (config.table_path(bronze.LAYER, e) for e in config.entities)
         if DeltaTable.isDeltaTable(spark, path)
     ]
     if not frames:
@@ -294,7 +294,7 @@ def run_checks(spark: SparkSession, config: Config, ledgers: list[Path]) -> dict
     from streaming.gold.aggregates import TABLES
 
     layers: dict[str, tuple[Callable[..., SilverCheck | GoldCheck], Iterable[str]]] = {
-        "silver": (check_silver, ENTITIES),
+        "silver": (check_silver, config.entities),
         "gold": (check_gold, TABLES),
     }
     for layer, (check, names) in layers.items():

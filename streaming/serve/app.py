@@ -31,7 +31,7 @@ from prometheus_client import (
 
 from streaming import catalog
 from streaming.catalog import TableRef
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.serve import dashboard
 from streaming.serve.audit import AuditLog, AuditRow, now
 from streaming.serve.fleet import VEHICLE_STATE, Fleet
@@ -147,7 +147,7 @@ class Serving:
     def health(self) -> dict[str, Any]:
         """Freshness of every Gold table: its newest event time, stale past the threshold."""
         tables: dict[str, dict[str, Any]] = {}
-        for ref in (t for t in catalog.all_tables() if t.layer == "gold"):
+        for ref in (t for t in catalog.all_tables(self.config) if t.layer == "gold"):
             try:
                 snapshot = self.tables.snapshot(ref)
                 fresh = freshness(
@@ -178,7 +178,7 @@ class Serving:
         so every role may see them (the quarantined rows themselves are admins' only)."""
         since = datetime.now(UTC) - QUARANTINE_WINDOW
         counts: list[dict[str, Any]] = []
-        for entity in ENTITIES:
+        for entity in self.config.entities:
             try:
                 snapshot = self.tables.snapshot(TableRef("quarantine", entity))
             except NotFound:
@@ -326,7 +326,7 @@ def create_app(
     @app.get("/tables")
     def tables(who: Who) -> Response:
         listed = []
-        for ref in catalog.all_tables():
+        for ref in catalog.all_tables(config):
             if who.role.may_read(str(ref)):
                 try:
                     version: int | None = serving.tables.snapshot(ref).version
@@ -347,7 +347,7 @@ def create_app(
         format: str = "json",
         as_of: int | None = None,
     ) -> Response:
-        ref = _table(name)
+        ref = _table(config, name)
         if format not in MEDIA:
             raise BadRequest(f"format must be one of {', '.join(MEDIA)}, got {format!r}")
         read = Read(
@@ -366,7 +366,7 @@ def create_app(
 
     @app.get("/tables/{name}/history")
     def history(who: Who, name: str, limit: int = 20) -> Response:
-        ref = _table(name)
+        ref = _table(config, name)
         if not who.role.may_read(str(ref)):
             raise Forbidden(policy.denial(who.role, str(ref)))
         if not 1 <= limit <= 1000:
@@ -438,8 +438,8 @@ def _fleet(
     return copy
 
 
-def _table(name: str) -> TableRef:
-    ref = catalog.parse(name)
+def _table(config: Config, name: str) -> TableRef:
+    ref = catalog.parse(config, name)
     if ref is None:
         raise NotFound(f"no table {name!r}: GET /tables lists the tables you may read")
     return ref

@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 from confluent_kafka import Producer
 
-from streaming.config import ENTITIES, Config
+from streaming.config import Config
 from streaming.errors import ConfigError
 from streaming.kafka.admin import require_topics
+from streaming.simulator import SIMULATED
 from streaming.simulator.stream import FORMATS, Message, MessageStream
 
 PROGRESS_EVERY_S = 2.0
@@ -61,8 +62,8 @@ class ProduceReport:
 
 def validate_options(entity: str, options: ProduceOptions) -> None:
     """Refuse impossible settings before anything touches the broker."""
-    if entity != "all" and entity not in ENTITIES:
-        raise ConfigError(f"unknown topic '{entity}'", hint="choose all or " + ", ".join(ENTITIES))
+    if entity != "all" and entity not in SIMULATED:
+        raise ConfigError(f"unknown topic '{entity}'", hint="choose all or " + ", ".join(SIMULATED))
     if not options.rate > 0:
         raise ConfigError(f"--rate must be > 0 messages per second, got {options.rate}")
     if options.count < 0:
@@ -88,7 +89,7 @@ def run_producer(
 ) -> ProduceReport:
     """Send `options.count` messages (all topics mixed for entity "all") and report."""
     validate_options(entity, options)
-    entities = list(ENTITIES) if entity == "all" else [entity]
+    entities = list(SIMULATED) if entity == "all" else [entity]
     require_topics(config, entities)
     topics = {e: config.topic(e).name for e in entities}
     producer = Producer(_producer_options(config))

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from streaming.config import ENTITIES
 from streaming.schemas import MessageSchema, encode_avro, encode_json, load_schemas
+from streaming.simulator import SIMULATED
 from streaming.simulator.events import (
     TIMESTAMP_FIELD,
     EventFactory,
@@ -68,7 +68,7 @@ class MessageStream:
         vehicles: int = 50_000,
         schemas: dict[str, MessageSchema] | None = None,
     ) -> None:
-        self.entities: tuple[str, ...] = ENTITIES if entity == "all" else (entity,)
+        self.entities: tuple[str, ...] = SIMULATED if entity == "all" else (entity,)
         self.fmt = fmt
         self.thresholds = (duplicates, duplicates + malformed, duplicates + malformed + late)
         self.factory = EventFactory(seed=seed, vehicles=vehicles)

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from streaming import pipeline
-from streaming.config import ENTITIES
+from streaming.simulator import SIMULATED
 from streaming.simulator.producer import ProduceOptions, run_producer
 from streaming.verify import check_bronze
 from tests.builders import broken_payloads, kill_9_mid_run, lakehouse, publish, write_ledger
@@ -62,7 +62,7 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     result = check_bronze(spark, lake.config, ledgers)
     assert (result.missing, result.duplicated, result.unexpected) == (0, 0, 0)
     assert result.bronze_rows == result.ledger_rows == 105_000
-    assert set(result.by_topic) == {lake.config.topic(e).name for e in ENTITIES}
+    assert set(result.by_topic) == {lake.config.topic(e).name for e in SIMULATED}
 
 
 def test_malformed_payloads_land_in_bronze_unchanged(lake, spark: SparkSession) -> None:

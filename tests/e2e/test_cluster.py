@@ -20,10 +20,11 @@ from pyspark.sql import SparkSession
 
 import streaming
 from streaming import pipeline
-from streaming.config import ENTITIES, load_config
+from streaming.config import load_config
 from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT
 from streaming.jars import require
 from streaming.silver.query import check_inputs
+from streaming.simulator import SIMULATED
 from streaming.verify import check_bronze
 from tests.builders import PII_KEY, lakehouse, package_zip
 from tests.conftest import QUICK_JVM, _free_ports
@@ -147,7 +148,7 @@ def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
     # Silver's books and Gold == recomputation: the tables equal local mode's, row for row, and
     # the end-to-end tests prove those oracles on local mode.
     # Every Silver, quarantine and Gold table holds exactly what local mode wrote.
-    tables = [("silver", e) for e in ENTITIES] + [("quarantine", e) for e in ENTITIES]
+    tables = [("silver", e) for e in SIMULATED] + [("quarantine", e) for e in SIMULATED]
     tables += [("gold", name) for name in TABLES]
     for layer, name in tables:
         on_cluster = _table(spark, config.table_path(layer, name))

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from streaming.config import ENTITIES
 from streaming.kafka.admin import create_topics
+from streaming.simulator import SIMULATED
 from streaming.simulator.producer import ProduceOptions, run_producer
 from tests.builders import LAKEHOUSE, PII_KEY, lakehouse, one_clear_line, stderr_of
 from tests.conftest import PROJECT, Lake, _free_ports
@@ -216,12 +216,12 @@ def test_status_reads_run_history_lag_freshness_and_quarantine_from_the_tables(b
     assert set(report["pipelines"]["all"]["layer_seconds"]) == {"bronze", "silver", "gold"}
     lag = report["kafka_lag"]
     assert {t: v["records"] for t, v in lag.items()} == {
-        built.config.topic(e).name: 0 for e in ENTITIES
+        built.config.topic(e).name: 0 for e in SIMULATED
     }
     assert report["stale"] == [] and all(not g["stale"] for g in report["gold"].values())
     quarantined = sum(
         DeltaTable(built.config.table_path("quarantine", e)).to_pyarrow_dataset().count_rows()
-        for e in ENTITIES
+        for e in SIMULATED
     )
     by_rule = report["quarantine_last_hour"]
     assert quarantined > 0 and sum(q["rows"] for q in by_rule) >= quarantined  # a row per rule

@@ -17,8 +17,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming.catalog import AUDIT_MAINTENANCE, RUN_HISTORY, TOMBSTONES, TableRef
-from streaming.config import ENTITIES
 from streaming.gold.aggregates import TABLES
+from streaming.simulator import SIMULATED
 from streaming.simulator.malformed import PRIMARY_ID
 from streaming.simulator.producer import ProduceOptions, run_producer
 from streaming.tables import open_table
@@ -93,7 +93,7 @@ def _placements(spark: SparkSession, config):
     no_stage = F.lit(None).cast("string").alias("stage")
     no_rules = F.lit(None).cast("array<string>").alias("rule_ids")
     frames = []
-    for entity in ENTITIES:
+    for entity in SIMULATED:
         silver = spark.read.format("delta").load(config.table_path("silver", entity))
         frames.append(silver.select(*COORDS, F.lit("silver").alias("place"), no_stage, no_rules))
         quarantine = spark.read.format("delta").load(config.table_path("quarantine", entity))
@@ -189,7 +189,7 @@ def test_a_day_kill_9_restart_maintenance_and_an_erasure_every_oracle_and_every_
     bronze = report["bronze"]
     assert (bronze["missing"], bronze["duplicated"], bronze["unexpected"]) == (0, 0, 0), bronze
     assert bronze["erased"] == receipt["tombstones"]
-    assert set(report["silver"]) == set(ENTITIES)
+    assert set(report["silver"]) == set(SIMULATED)
     for entity, books in report["silver"].items():
         assert books["ok"] and books["bronze_rows"] > 0, (entity, books)
         assert books["bronze_rows"] == books["silver"] + books["quarantined"] + books["duplicates"]

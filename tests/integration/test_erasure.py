@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming import erasure, lease
-from streaming.config import ENTITIES, Config, load_config
+from streaming.config import Config, load_config
 from streaming.erasure import Subject, erase, find, prove
 from streaming.errors import RetryableError
 from streaming.gold.aggregates import TABLES
@@ -25,6 +25,7 @@ from streaming.lineage import lineage
 from streaming.pipeline import BatchWriter
 from streaming.redrive import delete_matching
 from streaming.silver.query import check_inputs
+from streaming.simulator import SIMULATED
 from streaming.simulator.events import EventFactory
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_bronze, check_gold, check_silver
@@ -48,7 +49,7 @@ def _batches(spark: SparkSession):
     with duplicates and malformed rows; and every message sent."""
     stream = MessageStream("all", duplicates=0.1, malformed=0.1, seed=11, vehicles=500)
     stream.factory = EventFactory(seed=11, vehicles=500, users=20)
-    offsets = dict.fromkeys(ENTITIES, 0)
+    offsets = dict.fromkeys(SIMULATED, 0)
     first = stream.next_chunk(250, NOW)
     second = stream.next_chunk(250, NOW)
     frames = [kafka_frame(spark, m, offsets, NOW) for m in (first, second)]
@@ -137,7 +138,7 @@ def test_lineage_audit_and_an_erasure_that_leaves_no_trace(
     bronze = check_bronze(spark, config, [ledger])
     assert (bronze.missing, bronze.duplicated, bronze.unerased) == (0, 0, 0), bronze
     assert bronze.erased == receipt.tombstones
-    for entity in ENTITIES:
+    for entity in SIMULATED:
         books = check_silver(spark, config, entity)
         assert books.ok, books
     for name in TABLES:
@@ -226,4 +227,4 @@ def _every_write_audited_and_every_batch_in_openlineage(config: Config) -> None:
     for name, output in outputs.items():
         assert output["facets"]["version"]["datasetVersion"] == str(first[name]["version"])
         assert output["outputFacets"]["outputStatistics"]["rowCount"] == first[name]["rows_written"]
-    assert {i["name"] for i in complete["inputs"]} == {f"c.{e}" for e in ENTITIES}
+    assert {i["name"] for i in complete["inputs"]} == {f"c.{e}" for e in SIMULATED}

@@ -14,11 +14,12 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from streaming import commits
-from streaming.config import ENTITIES, Config, load_config
+from streaming.config import Config, load_config
 from streaming.gold.aggregates import TABLES
 from streaming.pipeline import BatchWriter
 from streaming.silver import query, transform
 from streaming.silver.query import check_inputs
+from streaming.simulator import SIMULATED
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_gold, check_silver
 from tests.builders import PII_KEY, kafka_frame
@@ -36,7 +37,7 @@ def kafka_batches(spark: SparkSession):
     """Two batches over every topic: the first without a duplicate (nothing in it may be taken
     for one on a replay), the second with copies of rows of both batches, malformed and late
     rows."""
-    offsets = dict.fromkeys(ENTITIES, 0)
+    offsets = dict.fromkeys(SIMULATED, 0)
 
     def frame(messages):
         return kafka_frame(spark, messages, offsets, NOW)
@@ -44,9 +45,9 @@ def kafka_batches(spark: SparkSession):
     clean = MessageStream("all", seed=3, vehicles=5_000)
     first = clean.next_chunk(200, NOW)
     messy = MessageStream("all", duplicates=0.1, malformed=0.1, late=0.05, seed=4, vehicles=5_000)
-    messy._recent = {e: [m for m in first if m.entity == e] for e in ENTITIES}  # later copies
+    messy._recent = {e: [m for m in first if m.entity == e] for e in SIMULATED}  # later copies
     second = messy.next_chunk(200, NOW)
-    assert {m.entity for m in first} == set(ENTITIES)
+    assert {m.entity for m in first} == set(SIMULATED)
     assert not any(m.kind != "valid" for m in first)
     assert {"duplicate", "late"} <= {m.kind for m in second}
     return [frame(first), frame(second)]
@@ -56,8 +57,8 @@ def tables(spark: SparkSession, config: Config) -> dict:
     """Every table of the lake, its timestamps of processing dropped."""
     from delta.tables import DeltaTable
 
-    names = [("bronze", e) for e in ENTITIES] + [("silver", e) for e in ENTITIES]
-    names += [("quarantine", e) for e in ENTITIES] + [("silver", "vehicle_state")]
+    names = [("bronze", e) for e in SIMULATED] + [("silver", e) for e in SIMULATED]
+    names += [("quarantine", e) for e in SIMULATED] + [("silver", "vehicle_state")]
     names += [("gold", t) for t in TABLES]
     found = {}
     for layer, name in names:
@@ -161,7 +162,7 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
     _until_it_passes(spark, config, batches[1], 1)
 
     crashed_after = {c.split(" after ")[1] for c in first}
-    every_table = {f"{layer}/{e}" for layer in ("bronze", "silver") for e in ENTITIES}
+    every_table = {f"{layer}/{e}" for layer in ("bronze", "silver") for e in SIMULATED}
     every_table |= {"silver/vehicle_state"} | {f"gold/{t}" for t in TABLES}
     assert crashed_after == every_table  # no quarantine: nothing in batch 0 is rejected
     assert len(crashes) >= 2, crashes  # 16-21 writes, a crash after every eighth
@@ -169,7 +170,7 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
     assert set(replayed) == set(expected)
     for name, frame in replayed.items():
         assertDataFrameEqual(frame, expected[name])
-    for entity in ENTITIES:
+    for entity in SIMULATED:
         books = check_silver(spark, config, entity)
         assert books.ok and books.silver > 0, books
     quarantine = replayed["quarantine.telemetry"]

@@ -17,12 +17,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from streaming import bronze, lease
-from streaming.config import ENTITIES, Config, load_config
+from streaming.config import Config, load_config
 from streaming.gold.aggregates import TABLES
 from streaming.pipeline import BatchWriter
 from streaming.redrive import REDRIVEN, check_selection, redrive
 from streaming.replay import check_range, replay
 from streaming.silver.query import check_inputs
+from streaming.simulator import SIMULATED
 from streaming.simulator.stream import MessageStream
 from streaming.verify import check_gold, check_silver
 from tests.builders import PII_KEY, lakehouse, one_clear_line
@@ -53,7 +54,7 @@ def _wrong_contracts(folder: Path) -> Path:
 def _batch(spark: SparkSession, entity: str = "all", now: datetime | None = None, start: int = 0):
     now = now or datetime.now(UTC).replace(microsecond=0)
     messages = MessageStream(entity, seed=11 + start, vehicles=400).next_chunk(150, now)
-    offsets = dict.fromkeys(ENTITIES, start)
+    offsets = dict.fromkeys(SIMULATED, start)
     rows: list[tuple[Any, ...]] = []
     for m in messages:
         rows.append((m.key, m.value, f"r.{m.entity}", 0, offsets[m.entity], now, 0, []))

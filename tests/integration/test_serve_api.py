@@ -147,7 +147,9 @@ def test_the_policy_file_is_adr17s_matrix_and_every_table_is_covered(served) -> 
     assert set(policy.roles) == set(ROLES)
     for table, allowed in MATRIX.items():
         assert {r for r in ROLES if policy.roles[r].may_read(table)} == allowed, table
-    for ref in all_tables():  # Bronze, quarantine and the audit: admins only, whatever the table
+    for ref in all_tables(
+        config
+    ):  # Bronze, quarantine and the audit: admins only, whatever the table
         if ref.layer in ("bronze", "quarantine", "audit"):
             assert [r for r in ROLES if policy.roles[r].may_read(str(ref))] == ["admins"], ref
 

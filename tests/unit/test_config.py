@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,10 @@ def test_every_declared_setting_is_read_from_the_environment_and_from_the_file(
     """Each setting, set to a value other than its default, changes the configuration; the
     same value under its TOML key changes it the same way."""
     base = load_config({})
+    contracts = tmp_path / "contracts"
+    shutil.copytree(settings.BY_ENV["LAKEHOUSE_CONTRACTS"].default, contracts)
     for s in settings.SETTINGS:
-        value = _another_value(s)
+        value = str(contracts) if s.env == "LAKEHOUSE_CONTRACTS" else _another_value(s)
         from_env = load_config({s.env: value, **_needed(s)})
         assert from_env != base, s.env
         toml = tmp_path / f"{s.env}.toml"

@@ -290,3 +290,33 @@ def test_run_silver_with_a_missing_geofence_file_fails_before_spark(tmp_path: Pa
     assert "/nonexistent/zones.geojson" in line
     assert "a-long-enough-test-key" not in result.stderr
     assert seconds < 15, seconds
+
+
+def test_a_new_entity_is_one_contract_file_and_its_schema(tmp_path: Path) -> None:
+    """A contract file (and the schema it names) is all a new entity needs: the configuration
+    gets its topic and partitions, the catalog its Bronze, Silver and quarantine tables, and the
+    contracts load. A partition count for an entity without a contract is refused."""
+    import shutil
+
+    from streaming.catalog import TableRef, all_tables
+    from streaming.config import load_config
+    from streaming.contracts import CONTRACT_DIR
+
+    folder = tmp_path / "contracts"
+    shutil.copytree(CONTRACT_DIR, folder)
+    text = (folder / "feedback.toml").read_text()
+    text = text.replace('entity = "feedback"', 'entity = "ratings"').replace(
+        "partitions = 1 ", "partitions = 2 "
+    )
+    (folder / "ratings.toml").write_text(text)
+    config = load_config({"LAKEHOUSE_CONTRACTS": str(folder), "LAKEHOUSE_TOPIC_PREFIX": "p."})
+    assert set(config.entities) == {*ENTITIES, "ratings"}
+    assert (config.topic("ratings").name, config.topic("ratings").partitions) == ("p.ratings", 2)
+    tables = set(all_tables(config))
+    assert {TableRef(layer, "ratings") for layer in ("bronze", "silver", "quarantine")} <= tables
+    assert "ratings" in load_contracts(folder, load_schemas())
+
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[topics.partitions]\nrides = 4\n")
+    with pytest.raises(ConfigError, match="names \\['rides'\\]"):
+        load_config({"LAKEHOUSE_CONTRACTS": str(folder)}, wrong)

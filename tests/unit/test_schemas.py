@@ -12,7 +12,6 @@ import fastavro
 import pytest
 from fastavro.validation import validate
 
-from streaming.config import ENTITIES
 from streaming.errors import ConfigError
 from streaming.schemas import (
     MessageSchema,
@@ -22,6 +21,7 @@ from streaming.schemas import (
     load_schemas,
     schemas_by_id,
 )
+from streaming.simulator import SIMULATED
 from streaming.simulator.events import EventFactory, telemetry_json
 
 EXPECTED_IDS = {"telemetry": 1, "bookings": 2, "user_events": 3, "external": 4, "feedback": 5}
@@ -38,7 +38,7 @@ def schemas() -> dict[str, MessageSchema]:
 def events() -> dict[str, list[dict]]:
     factory = EventFactory(seed=7, vehicles=2_000)
     factory.bookings(50, NOW)  # so feedback refers to real bookings
-    return {entity: factory.render(entity, 200, NOW) for entity in ENTITIES}
+    return {entity: factory.render(entity, 200, NOW) for entity in SIMULATED}
 
 
 def test_every_topic_has_a_contract_with_its_id(schemas: dict[str, MessageSchema]) -> None:
@@ -52,7 +52,7 @@ def test_timestamps_are_timestamp_millis(schemas: dict[str, MessageSchema]) -> N
         assert len(schema.timestamp_fields()) == 1, schema.entity
 
 
-@pytest.mark.parametrize("entity", ENTITIES)
+@pytest.mark.parametrize("entity", SIMULATED)
 def test_valid_events_round_trip_through_avro(
     entity: str, schemas: dict[str, MessageSchema], events: dict[str, list[dict]]
 ) -> None:
@@ -66,7 +66,7 @@ def test_valid_events_round_trip_through_avro(
         assert decode_avro(by_id, payload) == record
 
 
-@pytest.mark.parametrize("entity", ENTITIES)
+@pytest.mark.parametrize("entity", SIMULATED)
 def test_json_timestamps_carry_an_offset(
     entity: str, schemas: dict[str, MessageSchema], events: dict[str, list[dict]]
 ) -> None:
