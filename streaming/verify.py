@@ -254,7 +254,8 @@ class GoldCheck:
 
 def check_gold(spark: SparkSession, config: Config, name: str) -> GoldCheck:
     """Gold == recompute(Silver) as multisets of rows (every column but `_updated_at`)."""
-    from streaming.gold.aggregates import TABLES, UPDATED_AT, recompute
+    from streaming.gold.aggregates import TABLES, recompute
+    from streaming.gold.table import UPDATED_AT
 
     table = TABLES[name]
     silver = {

@@ -10,7 +10,8 @@ from pyspark.sql import functions as F
 
 from streaming.commits import CommitGuard
 from streaming.config import Config
-from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT, GoldTable, recompute
+from streaming.gold.aggregates import TABLES, recompute
+from streaming.gold.table import SILVER_VERSION, UPDATED_AT, GoldTable
 from streaming.gold.writer import GoldWriter
 from streaming.tables import ensure_table, exists
 

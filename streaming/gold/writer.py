@@ -24,7 +24,8 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from streaming.commits import CommitGuard
-from streaming.gold.aggregates import SILVER_VERSION, UPDATED_AT, GoldTable, refresh_rolling
+from streaming.gold.demand import refresh_rolling
+from streaming.gold.table import SILVER_VERSION, UPDATED_AT, GoldTable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

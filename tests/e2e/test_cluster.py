@@ -21,7 +21,8 @@ from pyspark.sql import SparkSession
 import streaming
 from streaming import pipeline
 from streaming.config import load_config
-from streaming.gold.aggregates import SILVER_VERSION, TABLES, UPDATED_AT
+from streaming.gold.aggregates import TABLES
+from streaming.gold.table import SILVER_VERSION, UPDATED_AT
 from streaming.jars import require
 from streaming.silver.query import check_inputs
 from streaming.simulator import SIMULATED

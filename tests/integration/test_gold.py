@@ -15,8 +15,9 @@ from pyspark.sql import functions as F
 from streaming import bronze
 from streaming.commits import CommitGuard
 from streaming.config import load_config
-from streaming.gold.aggregates import TABLES, UPDATED_AT
+from streaming.gold.aggregates import TABLES
 from streaming.gold.query import GoldLayer
+from streaming.gold.table import UPDATED_AT
 from streaming.pipeline import BatchReport, BatchWriter
 from streaming.show import read_table
 from streaming.silver.query import check_inputs
