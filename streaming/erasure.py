@@ -52,7 +52,7 @@ from streaming.commits import BatchScope, CommitGuard
 from streaming.config import Config
 from streaming.errors import ConfigError, RetryableError
 from streaming.redrive import COORDINATES, delete_matching
-from streaming.s3.storage import is_s3, split
+from streaming.s3.storage import location_filesystem
 from streaming.tables import exists, open_table
 
 if TYPE_CHECKING:
@@ -428,7 +428,7 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
                 touched.append(config.table_path("gold", name))
                 summary = gold.apply(name, changes, erasure_id)
                 if summary is not None:
-                    outcome["gold"][f"gold.{name}"] = int(summary["upserted"] + summary["deleted"])
+                    outcome["gold"][f"gold.{name}"] = int(summary.upserted + summary.deleted)
     # The commits made, read back from each table's log by their mark (as the audit records),
     # those of an earlier attempt that failed part-way included.
     guard.take_written(erasure_id)
@@ -472,7 +472,7 @@ def purge(config: Config, ref: TableRef, versions: list[int], cutoff: datetime) 
     for version in [*versions, None]:
         table = DeltaTable(uri, storage_options=options, version=version)
         referenced.update(unquote(u.split(marker, 1)[1]) for u in table.file_uris())
-    fs, base = _filesystem(config, ref.path(config))
+    fs, base = location_filesystem(config, ref.path(config))
     files = bytes_ = 0
     for info in _walk(fs, base):
         relative = unquote(info.path[len(base) :].lstrip("/"))
@@ -491,7 +491,7 @@ def prove(config: Config, needles: list[str]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     started = time.monotonic()
-    fs, base = _filesystem(config, config.root)
+    fs, base = location_filesystem(config, config.root)
     lowered = [n.lower() for n in needles]
     files = bytes_ = 0
     hits = []
@@ -543,19 +543,6 @@ def _column_holds(column: pa.ChunkedArray | pa.Array, needles: list[str]) -> boo
         if any(_column_holds(part, needles) for part in parts):
             return True
     return False
-
-
-def _filesystem(config: Config, location: str) -> tuple[FileSystem, str]:
-    if is_s3(location):
-        from streaming.s3.storage import filesystem
-
-        bucket, prefix = split(location)
-        return filesystem(config.s3), f"{bucket}/{prefix}".rstrip("/")
-    from pathlib import Path
-
-    from pyarrow.fs import LocalFileSystem
-
-    return LocalFileSystem(), str(Path(location).resolve())
 
 
 def _walk(fs: FileSystem, base: str) -> Iterator[Any]:

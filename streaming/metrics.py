@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from pyspark.sql.streaming import StreamingQueryListener
 
 if TYPE_CHECKING:
+    from streaming.gold.writer import GoldSummary
     from streaming.pipeline import BatchReport
+    from streaming.silver.writer import SilverBooks
 
 log = logging.getLogger(__name__)
 
@@ -125,43 +127,43 @@ class PipelineMetrics:
                 self._mark_newest(f"bronze.{entity}", newest.timestamp())
         for entity, counts in report.silver.items():
             self.record_silver(entity, counts)
-            if counts["valid"] and report.newest_kafka.get(entity) is not None:
+            if counts.valid and report.newest_kafka.get(entity) is not None:
                 self._mark_newest(f"silver.{entity}", report.newest_kafka[entity].timestamp())
         for table, summary in report.gold.items():
             self.record_gold(table, summary)
 
-    def record_silver(self, entity: str, counts: dict[str, Any]) -> None:
+    def record_silver(self, entity: str, counts: SilverBooks) -> None:
         """One entity's books for one batch."""
-        self.silver_rows.labels(entity, "valid").inc(counts["valid"])
-        self.silver_rows.labels(entity, "duplicate").inc(counts["duplicate"])
-        for stage, count in counts["stages"].items():
+        self.silver_rows.labels(entity, "valid").inc(counts.valid)
+        self.silver_rows.labels(entity, "duplicate").inc(counts.duplicate)
+        for stage, count in counts.stages.items():
             self.silver_rows.labels(entity, stage).inc(count)
-        for rule, count in counts["rules"].items():
+        for rule, count in counts.rules.items():
             self.rule_failures.labels(entity, rule).inc(count)
         log.debug(
             "silver.%s: %d rows -> %d valid, %d duplicate, quarantined %s",
             entity,
-            counts["bronze"],
-            counts["valid"],
-            counts["duplicate"],
-            counts["stages"] or "none",
+            counts.bronze,
+            counts.valid,
+            counts.duplicate,
+            counts.stages or "none",
         )
 
-    def record_gold(self, table: str, summary: dict[str, Any]) -> None:
+    def record_gold(self, table: str, summary: GoldSummary) -> None:
         """One Gold table's MERGE; its freshness is by newest event time."""
-        self.gold_keys.labels(table, "upserted").inc(summary["upserted"])
-        self.gold_keys.labels(table, "deleted").inc(summary["deleted"])
-        self.gold_keys.labels(table, "extended").inc(summary["extended"])
-        self.gold_merge_seconds.labels(table).observe(summary["seconds"])
-        if summary["newest"] is not None:
-            self._mark_newest(f"gold.{table}", summary["newest"].timestamp())
+        self.gold_keys.labels(table, "upserted").inc(summary.upserted)
+        self.gold_keys.labels(table, "deleted").inc(summary.deleted)
+        self.gold_keys.labels(table, "extended").inc(summary.extended)
+        self.gold_merge_seconds.labels(table).observe(summary.seconds)
+        if summary.newest is not None:
+            self._mark_newest(f"gold.{table}", summary.newest.timestamp())
         log.debug(
             "gold.%s: %d rows upserted (%d of them extended), %d deleted in %.1f s",
             table,
-            summary["upserted"],
-            summary["extended"],
-            summary["deleted"],
-            summary["seconds"],
+            summary.upserted,
+            summary.extended,
+            summary.deleted,
+            summary.seconds,
         )
 
     def _mark_newest(self, name: str, newest: float) -> None:

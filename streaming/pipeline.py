@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from pyspark.sql import functions as F
 
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-    from streaming.silver.writer import SilverResult, SilverWriter
+    from streaming.gold.writer import GoldSummary
+    from streaming.silver.writer import SilverBooks, SilverResult, SilverWriter
 
 log = logging.getLogger(__name__)
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -73,8 +74,8 @@ class BatchReport:
     rows_in: dict[str, int] = field(default_factory=dict)  # per entity
     newest_kafka: dict[str, datetime] = field(default_factory=dict)  # per entity
     bronze_written: list[str] = field(default_factory=list)
-    silver: dict[str, dict[str, Any]] = field(default_factory=dict)  # per entity: its books
-    gold: dict[str, dict[str, Any]] = field(default_factory=dict)  # per table: its summary
+    silver: dict[str, SilverBooks] = field(default_factory=dict)  # per entity: its books
+    gold: dict[str, GoldSummary] = field(default_factory=dict)  # per table: its summary
     seconds: dict[str, float] = field(default_factory=dict)  # per layer
     watermarks: dict[str, datetime] = field(default_factory=dict)  # per entity, after the batch
 
@@ -84,12 +85,12 @@ class BatchReport:
         if self.bronze_written:
             parts.append(f"bronze {len(self.bronze_written)} tables")
         if self.silver:
-            valid = sum(c["valid"] for c in self.silver.values())
-            duplicate = sum(c["duplicate"] for c in self.silver.values())
-            rejected = sum(sum(c["stages"].values()) for c in self.silver.values())
+            valid = sum(c.valid for c in self.silver.values())
+            duplicate = sum(c.duplicate for c in self.silver.values())
+            rejected = sum(c.quarantined for c in self.silver.values())
             parts.append(f"silver {valid} valid, {duplicate} duplicate, {rejected} quarantined")
         if self.gold:
-            upserted = sum(s["upserted"] for s in self.gold.values())
+            upserted = sum(s.upserted for s in self.gold.values())
             parts.append(f"gold {len(self.gold)} tables, {upserted} rows")
         timing = " ".join(f"{layer} {s:.1f}" for layer, s in self.seconds.items())
         return ", ".join(parts) + f" ({timing} s)"
@@ -128,7 +129,7 @@ class BatchWriter:
             assert inputs is not None
             self.silver = silver_writers(spark, config, inputs, self.guard)
             self.watermarks = WatermarkStore(
-                spark, f"{config.checkpoint_path(query_name(pipeline))}/watermarks"
+                config, f"{config.checkpoint_path(query_name(pipeline))}/watermarks"
             )
         if "gold" in self.layers:
             self.gold = GoldLayer(spark, config, self.guard)
@@ -150,7 +151,7 @@ class BatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with self.lock:
             report = self._batch(batch, batch_id)
-        rules = {entity: books["rules"] for entity, books in report.silver.items()}
+        rules = {entity: books.rules for entity, books in report.silver.items()}
         written = record_writes(self.config, self.guard, batch_id, report.rows_in, rules)
         self.lineage.emit(report, written)
         if report.rows_in:

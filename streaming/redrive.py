@@ -37,7 +37,7 @@ from streaming.errors import ConfigError
 from streaming.frames import HeldFrames
 from streaming.gold.query import GoldLayer
 from streaming.silver.query import SilverInputs, writer_for
-from streaming.silver.writer import SilverPaths
+from streaming.silver.writer import SilverBooks, SilverPaths
 from streaming.tables import exists, open_table
 
 if TYPE_CHECKING:
@@ -98,12 +98,12 @@ class Rewrite:
             parts.append("gold " + ", ".join(f"{t} {n}" for t, n in sorted(self.gold.items())))
         return parts
 
-    def take(self, counts: dict[str, Any]) -> None:
+    def take(self, counts: SilverBooks) -> None:
         """The Silver layer's books of the rewrite's batch."""
-        self.to_silver = int(counts["valid"])
-        self.duplicate = int(counts["duplicate"])
-        self.quarantined = {k: int(v) for k, v in counts["stages"].items()}
-        self.rules = {k: int(v) for k, v in counts["rules"].items()}
+        self.to_silver = int(counts.valid)
+        self.duplicate = int(counts.duplicate)
+        self.quarantined = {k: int(v) for k, v in counts.stages.items()}
+        self.rules = {k: int(v) for k, v in counts.rules.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -380,7 +380,7 @@ def _apply(
         with BatchScope(spark, pipeline, redrive_id):
             result = writer.process(held.keep(rows), redrive_id, None, held, late=False)
             report.take(result.counts)
-            report.taken = int(result.counts["bronze"])
+            report.taken = int(result.counts.bronze)
             report.passing = report.to_silver + report.duplicate
             if result.fresh is not None:
                 report.late_dates = _late_dates(claimed, result.fresh)
@@ -389,7 +389,7 @@ def _apply(
                     lambda e: guard.holding(paths.silver, redrive_id),
                     redrive_id,
                 )
-                report.gold = {name: int(s["upserted"]) for name, s in summaries.items()}
+                report.gold = {name: int(s.upserted) for name, s in summaries.items()}
     finally:
         held.release()
     record_writes(config, guard, redrive_id, {entity: report.taken}, {entity: report.rules})

@@ -236,7 +236,7 @@ def _apply(
             for name in gold.tables_for({entity}):
                 summary = gold.apply(name, {entity: changes}, replay_id)
                 if summary is not None:
-                    report.gold[name] = int(summary["upserted"])
+                    report.gold[name] = int(summary.upserted)
     finally:
         held.release()
     record_writes(config, clear, replay_id)

@@ -229,13 +229,13 @@ def layer_figures(reports: list[BatchReport]) -> dict[str, Any]:
         for entity in report.bronze_written:
             add(f"bronze.{entity}", report.rows_in.get(entity, 0))
         for entity, counts in report.silver.items():
-            add(f"silver.{entity}", counts["bronze"])
+            add(f"silver.{entity}", counts.bronze)
             book = books.setdefault(entity, {"valid": 0, "duplicate": 0, "quarantined": 0})
-            book["valid"] += counts["valid"]
-            book["duplicate"] += counts["duplicate"]
-            book["quarantined"] += sum(counts["stages"].values())
+            book["valid"] += counts.valid
+            book["duplicate"] += counts.duplicate
+            book["quarantined"] += sum(counts.stages.values())
         for table, summary in report.gold.items():
-            add(f"gold.{table}", summary["upserted"])
+            add(f"gold.{table}", summary.upserted)
         for layer, spent in report.seconds.items():
             seconds[layer] = seconds.get(layer, 0.0) + spent
     return {

@@ -12,7 +12,7 @@ from streaming.commits import CommitGuard
 from streaming.config import Config
 from streaming.gold.aggregates import TABLES, recompute
 from streaming.gold.table import SILVER_VERSION, UPDATED_AT, GoldTable
-from streaming.gold.writer import GoldWriter
+from streaming.gold.writer import GoldSummary, GoldWriter
 from streaming.tables import ensure_table, exists
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class GoldLayer:
         silver_version: Callable[[str], int],
         batch_id: int,
         each: Callable[[list[str], Callable[[str], Any]], list[Any]] | None = None,
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, GoldSummary]:
         """A batch's fresh Silver rows per entity into every Gold table they touch; the summary
         of each table that changed. `silver_version(entity)`: the Silver version holding the
         rows (read only for the sources of an extended table); `each`: how the tables are run
@@ -113,7 +113,7 @@ class GoldLayer:
         """The Gold tables that rows of `entities` touch."""
         return [n for n, w in self.writers.items() if entities & set(w.table.sources)]
 
-    def add(self, name: str, fresh: dict[str, DataFrame], batch_id: int) -> dict[str, Any] | None:
+    def add(self, name: str, fresh: dict[str, DataFrame], batch_id: int) -> GoldSummary | None:
         """A batch's fresh Silver rows (inserts, stamped with their Silver version) into one
         table: additively where the table is kept by partials, else through its touched keys."""
         writer = self.writers[name]
@@ -123,9 +123,7 @@ class GoldLayer:
             )
         return self.apply(name, fresh, batch_id)
 
-    def apply(
-        self, name: str, changes: dict[str, DataFrame], batch_id: int
-    ) -> dict[str, Any] | None:
+    def apply(self, name: str, changes: dict[str, DataFrame], batch_id: int) -> GoldSummary | None:
         """Changes of any type (a deletion's too) into one table, by rebuilding the keys they
         touch from Silver (and extending where the table allows)."""
         writer = self.writers[name]

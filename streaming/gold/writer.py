@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,17 @@ _PRESENT = "_present"
 _GROWN = "_grown"
 
 
+@dataclass(frozen=True)
+class GoldSummary:
+    """What one batch did to one Gold table (one MERGE)."""
+
+    upserted: int  # rows inserted or updated
+    deleted: int  # keys left with no Silver row
+    extended: int  # of the upserted: rows extended from their stored partials, not rebuilt
+    newest: datetime | None  # the newest event time among the rows written
+    seconds: float
+
+
 class GoldWriter:
     """Gold for one table; paths and the guard are injected, nothing global."""
 
@@ -50,7 +62,7 @@ class GoldWriter:
         self.silver_paths = dict(silver_paths)
         self.guard = guard
 
-    def apply(self, changes: DataFrame, batch_id: int) -> dict[str, Any] | None:
+    def apply(self, changes: DataFrame, batch_id: int) -> GoldSummary | None:
         """MERGE the keys `changes` touch; their summary, or None when nothing changed."""
         if self.guard.committed(self.path, batch_id) is not None:
             return None
@@ -85,7 +97,7 @@ class GoldWriter:
             plan = plan.withColumn(SILVER_VERSION, F.lit(version).cast("long"))
         return self._commit(plan, batch_id, started)
 
-    def add(self, fresh: Mapping[str, DataFrame], batch_id: int) -> dict[str, Any] | None:
+    def add(self, fresh: Mapping[str, DataFrame], batch_id: int) -> GoldSummary | None:
         """An additive table: the batch's partial aggregates combined with the stored rows of
         the keys they touch, MERGEd. Reads no Silver (and, for demand, only the Gold rows that
         the touched keys' rolling windows span)."""
@@ -117,7 +129,7 @@ class GoldWriter:
     def _no_rows(self, spark: SparkSession, entity: str) -> DataFrame:
         return spark.read.format("delta").load(self.silver_paths[entity]).limit(0)
 
-    def _commit(self, plan: DataFrame, batch_id: int, started: float) -> dict[str, Any] | None:
+    def _commit(self, plan: DataFrame, batch_id: int, started: float) -> GoldSummary | None:
         """MERGE the plan (one commit, through the guard); its summary."""
         spark = plan.sparkSession
         plan = plan.localCheckpoint()
@@ -133,8 +145,13 @@ class GoldWriter:
         if not stats["upserted"] and not stats["deleted"]:
             return None
         self.guard.write(self.path, batch_id, lambda: self._merge(spark, plan, stats["prune"]))
-        summary = {k: stats[k] for k in ("upserted", "deleted", "extended", "newest")}
-        return {**summary, "seconds": time.monotonic() - started}
+        return GoldSummary(
+            upserted=stats["upserted"],
+            deleted=stats["deleted"],
+            extended=stats["extended"],
+            newest=stats["newest"],
+            seconds=time.monotonic() - started,
+        )
 
     def _extend(
         self, spark: SparkSession, changes: DataFrame, version: int

@@ -13,7 +13,7 @@ from streaming.config import Config, S3Config
 from streaming.errors import ConfigError, SetupError
 
 if TYPE_CHECKING:
-    from pyarrow.fs import S3FileSystem
+    from pyarrow.fs import FileSystem, S3FileSystem
     from pyspark.sql import SparkSession
 
 SCHEME = "s3a://"
@@ -157,6 +157,19 @@ def filesystem(
         retry_strategy=AwsStandardS3RetryStrategy(max_attempts=2),
         allow_bucket_creation=allow_bucket_creation,
     )
+
+
+def location_filesystem(config: Config, location: str) -> tuple[FileSystem, str]:
+    """A pyarrow filesystem for a lake location (a local folder or s3a://) and the location's
+    path on it: what the service's own small files and scans use, without a JVM."""
+    if is_s3(location):
+        bucket, prefix = split(location)
+        return filesystem(config.s3), f"{bucket}/{prefix}".rstrip("/")
+    from pathlib import Path
+
+    from pyarrow.fs import LocalFileSystem
+
+    return LocalFileSystem(), str(Path(location).resolve())
 
 
 def check_location(config: Config, setting: str, location: str) -> None:

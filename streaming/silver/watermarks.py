@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from streaming.s3.storage import location_filesystem
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from streaming.config import Config
 
 _SUFFIX = ".json"
 _KEPT = 10
@@ -22,8 +24,8 @@ _KEPT = 10
 class WatermarkStore:
     """{entity: watermark} after each batch, in `<checkpoint>/watermarks/<batch>.json`."""
 
-    def __init__(self, spark: SparkSession, folder: str) -> None:
-        self._files = _Files(spark, folder)
+    def __init__(self, config: Config, folder: str) -> None:
+        self._files = _Files(config, folder)
         self._last: tuple[int, dict[str, datetime]] | None = None
 
     def before(self, batch_id: int) -> dict[str, datetime]:
@@ -47,42 +49,39 @@ class WatermarkStore:
 
 
 class _Files:
-    """Small text files in one folder of the lake, through Hadoop's file system (so local
-    paths and s3a:// alike, with the credentials Spark already has)."""
+    """Small text files in one folder of the checkpoint (a local folder or s3a://), through
+    pyarrow's file systems with the service's S3 settings."""
 
-    def __init__(self, spark: SparkSession, folder: str) -> None:
-        context: Any = spark.sparkContext
-        self._jvm = context._jvm
-        self._folder = self._jvm.org.apache.hadoop.fs.Path(folder)
-        self._fs = self._folder.getFileSystem(context._jsc.hadoopConfiguration())
+    def __init__(self, config: Config, folder: str) -> None:
+        self._fs, self._folder = location_filesystem(config, folder)
 
-    def _path(self, name: str) -> Any:
-        return self._jvm.org.apache.hadoop.fs.Path(self._folder, name)
+    def _path(self, name: str) -> str:
+        return f"{self._folder}/{name}"
 
     def exists(self, name: str) -> bool:
-        return bool(self._fs.exists(self._path(name)))
+        from pyarrow.fs import FileType
+
+        return bool(self._fs.get_file_info(self._path(name)).type == FileType.File)
 
     def names(self) -> list[str]:
-        if not self._fs.exists(self._folder):
-            return []
-        return [str(status.getPath().getName()) for status in self._fs.listStatus(self._folder)]
+        from pyarrow.fs import FileSelector
+
+        selector = FileSelector(self._folder, allow_not_found=True)
+        return [info.base_name for info in self._fs.get_file_info(selector)]
 
     def read(self, name: str) -> str:
-        stream = self._fs.open(self._path(name))
-        try:
-            return str(self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-        finally:
-            stream.close()
+        with self._fs.open_input_stream(self._path(name)) as stream:
+            return bytes(stream.read()).decode()
 
     def write_atomically(self, name: str, text: str) -> None:
-        """Written under a hidden name, then renamed: readers never see half a file."""
+        """Written under a hidden name, then moved: readers never see half a file (S3's
+        put is atomic, so there the move is a copy of a whole object)."""
+        self._fs.create_dir(self._folder, recursive=True)
         partial = self._path(f".{name}.partial")
-        stream = self._fs.create(partial, True)
-        try:
-            stream.write(bytearray(text.encode()))
-        finally:
-            stream.close()
-        self._fs.rename(partial, self._path(name))
+        with self._fs.open_output_stream(partial) as stream:
+            stream.write(text.encode())
+        self._fs.move(partial, self._path(name))
 
     def delete(self, name: str) -> None:
-        self._fs.delete(self._path(name), False)
+        if self.exists(name):
+            self._fs.delete_file(self._path(name))

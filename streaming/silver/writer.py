@@ -42,6 +42,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class SilverBooks:
+    """One entity's books for one batch: Bronze rows in, Silver rows out, and the rest."""
+
+    bronze: int  # rows of the batch
+    valid: int  # appended to Silver
+    duplicate: int  # quarantined with stage `duplicate`
+    stages: dict[str, int]  # quarantined per stage (decode, schema, rule, late)
+    rules: dict[str, int]  # failures per rule id (a row may fail several; `warn` rules too)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.stages.values())
+
+
+@dataclass(frozen=True)
 class SilverPaths:
     silver: str
     quarantine: str
@@ -61,7 +76,7 @@ class SilverResult:
     """What one batch did to one entity: its books, its new watermark and its fresh rows."""
 
     entity: str
-    counts: dict[str, Any]
+    counts: SilverBooks
     watermark: datetime | None
     fresh: DataFrame | None  # the rows appended to Silver (held until the batch ends)
 
@@ -126,17 +141,17 @@ class SilverWriter:
         )
         fresh, duplicates = transform.split_duplicates(marked)
         counts = scan.counts(*_fresh_and_duplicate(marked))
-        if counts["stages"] or counts["duplicate"]:
+        if counts.stages or counts.duplicate:
             rejected = rows.where(F.col("_rejection").isNotNull())
             quarantined = transform.quarantine_rows(rejected, batch_id)
-            if counts["duplicate"]:
+            if counts.duplicate:
                 quarantined = quarantined.unionByName(
                     transform.quarantine_rows(duplicates, batch_id)
                 )
             self.guard.write(
                 self.paths.quarantine, batch_id, lambda: _append(quarantined, self.paths.quarantine)
             )
-        if not counts["valid"]:
+        if not counts.valid:
             return SilverResult(self.entity, counts, watermark, None)
         if self.entity == "telemetry":
             self.guard.write(
@@ -225,17 +240,17 @@ class Scan:
         dates = tuple(d for d in self.dates if d >= since.date())
         return Bounds(dates, since, self.newest) if dates else None
 
-    def counts(self, valid: int, duplicate: int) -> dict[str, Any]:
+    def counts(self, valid: int, duplicate: int) -> SilverBooks:
         """The batch's books: every good row that is neither fresh nor a duplicate was late."""
         good = self.rows - sum(self.stages.values())
         stages = {**self.stages, "late": good - valid - duplicate}
-        return {
-            "bronze": self.rows,
-            "valid": valid,
-            "duplicate": duplicate,
-            "stages": {stage: n for stage, n in stages.items() if n},
-            "rules": self.rules,
-        }
+        return SilverBooks(
+            bronze=self.rows,
+            valid=valid,
+            duplicate=duplicate,
+            stages={stage: n for stage, n in stages.items() if n},
+            rules=self.rules,
+        )
 
 
 _STAGES = ("decode", "schema", "rule")

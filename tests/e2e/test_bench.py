@@ -23,8 +23,10 @@ from streaming.bench.procfs import kind_of, process_tree
 from streaming.bench.rates import parse_metrics
 from streaming.bench.steps import layer_figures
 from streaming.errors import ConfigError
+from streaming.gold.writer import GoldSummary
 from streaming.kafka.admin import cluster_metadata
 from streaming.pipeline import BatchReport
+from streaming.silver.writer import SilverBooks
 from tests.builders import lakehouse
 from tests.conftest import Lake
 
@@ -247,9 +249,8 @@ def _settled_heap_mb(jvm: int) -> float:
 
 def test_layer_figures_add_up_each_layers_rows_and_seconds_over_batches() -> None:
     first = BatchReport(0, rows_in={"telemetry": 7, "trips": 2}, bronze_written=["telemetry"])
-    first.silver = {"telemetry": {"bronze": 7, "valid": 4, "duplicate": 1,
-                                  "stages": {"decode": 1, "late": 1}, "rules": {}}}  # fmt: skip
-    first.gold = {"fleet": {"upserted": 3, "deleted": 0, "extended": 0, "newest": None}}
+    first.silver = {"telemetry": SilverBooks(7, 4, 1, {"decode": 1, "late": 1}, {})}
+    first.gold = {"fleet": GoldSummary(upserted=3, deleted=0, extended=0, newest=None, seconds=0.1)}
     first.seconds = {"bronze": 1.0, "silver": 2.0, "gold": 0.5}
     second = BatchReport(1, rows_in={"telemetry": 5}, bronze_written=["telemetry"])
     second.seconds = {"bronze": 0.25}

@@ -18,6 +18,7 @@ from streaming.config import load_config
 from streaming.gold.aggregates import TABLES
 from streaming.gold.query import GoldLayer
 from streaming.gold.table import UPDATED_AT
+from streaming.gold.writer import GoldSummary
 from streaming.pipeline import BatchReport, BatchWriter
 from streaming.show import read_table
 from streaming.silver.query import check_inputs
@@ -90,7 +91,7 @@ class Pipeline:
         self.batch_id += 1
         return frame
 
-    def summary(self, table: str) -> dict:
+    def summary(self, table: str) -> GoldSummary:
         return self.reports[-1].gold[table]
 
     def demand(self) -> dict:
@@ -206,7 +207,7 @@ def test_battery_health_extended_reading_by_reading_equals_the_rebuild(
     ]
     for events in batches:
         pipeline.batch("telemetry", events)
-        assert pipeline.summary(name)["extended"] == 1
+        assert pipeline.summary(name).extended == 1
     assert battery(pipeline) == (4, 8.0, 1, 2.0, 1.0, 240.0)
     assert check_gold(spark, config, "battery_health_metrics_weekly").ok
 
@@ -215,7 +216,7 @@ def test_battery_health_extended_reading_by_reading_equals_the_rebuild(
     check = check_gold(spark, config, "battery_health_metrics_weekly")
     assert check.ok, check
     assert battery(pipeline) == (5, 8.0, 1, 2.0, 2.0, 210.0)
-    assert pipeline.summary(name)["extended"] == 0
+    assert pipeline.summary(name).extended == 0
 
 
 def test_replaying_a_batch_after_a_restart_changes_nothing(spark: SparkSession, late) -> None:

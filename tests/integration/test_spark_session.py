@@ -33,7 +33,9 @@ _STOP_MID_BATCH = textwrap.dedent(
     deadline = time.monotonic() + 120
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(3)  # the batch's job is running
+    tracker = spark.sparkContext.statusTracker()
+    while not tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the batch's job is running
     query.stop()
     print("stopped", "active" if query.isActive else "inactive", query.exception() is None)
     """
