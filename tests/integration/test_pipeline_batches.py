@@ -17,7 +17,7 @@ from streaming import commits
 from streaming.config import Config, load_config
 from streaming.gold.aggregates import TABLES
 from streaming.pipeline import BatchWriter
-from streaming.silver import query, transform
+from streaming.silver import query
 from streaming.silver.query import check_inputs
 from streaming.simulator import SIMULATED
 from streaming.simulator.stream import MessageStream
@@ -98,17 +98,12 @@ def _until_it_passes(spark: SparkSession, config: Config, batch, batch_id: int) 
     """Attempts, each a restarted pipeline (a new writer, tables in order: one thread), each
     dying after a write more than the last one, until one gets through.
 
-    A restart rebuilds each contract's decode and checks, a pure function of the contract
-    (about 1 s per entity), and the geofence grid and PII pads, static reference data (its
-    cached frames are materialised again on first use): the attempts share them, and re-read
-    everything a restart must (the tables' commit history, the watermarks, the tables)."""
+    A restart rebuilds the geofence grid and PII pads, static reference data (its cached frames
+    are materialised again on first use): the attempts share them (each contract's decode and
+    checks are shared by the process already), and re-read everything a restart must (the
+    tables' commit history, the watermarks, the tables)."""
     built: dict[str, object] = {}
-    validator, geofences, pads = transform.validator, query._geofences, query.pads_frame
-
-    def shared(contract):
-        if contract.entity not in built:
-            built[contract.entity] = validator(contract)
-        return built[contract.entity]
+    geofences, pads = query._geofences, query.pads_frame
 
     def once(key: str, make):
         def made(*args):
@@ -118,13 +113,11 @@ def _until_it_passes(spark: SparkSession, config: Config, batch, batch_id: int) 
 
         return made
 
-    transform.validator = shared
     query._geofences = once("geofences", geofences)
     query.pads_frame = once("pads", pads)
     try:
         _attempts(spark, config, batch, batch_id)
     finally:
-        transform.validator = validator
         query._geofences, query.pads_frame = geofences, pads
 
 
