@@ -120,11 +120,14 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that run for minutes first (end-to-end, then `slow`): with the suite spread over
-    two workers (`make test`), the short ones then fill the gaps instead of one long test
-    running alone at the end."""
+    """Tests that run for minutes first (end-to-end, then `slow`), dealt out to the workers:
+    xdist's work-stealing scheduler gives each worker a contiguous block of this order and
+    steals from a block's end, so each block must start with its share of the long tests (else
+    one worker runs them all, one after another, while the other runs the short ones)."""
 
     def weight(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=weight)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    items[:] = [item for worker in range(workers) for item in items[worker::workers]]

@@ -74,7 +74,7 @@ def test_bad_maintenance_input_gets_one_clear_line(tmp_path: Path) -> None:
         lakehouse("maintain", "--once", "--tables", "gold.nope", env=env), 2, "no table matches"
     )
     short = lakehouse("maintain", "--once", env={**env, "LAKEHOUSE_VACUUM_HOURS": "1"})
-    one_clear_line(short, 2, "shorter than Delta's safety check")
+    one_clear_line(short, 2, "LAKEHOUSE_VACUUM_HOURS must be at least 168", "Delta's safety check")
 
 
 @pytest.mark.parametrize(
