@@ -130,4 +130,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     items.sort(key=weight)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    items[:] = [item for worker in range(workers) for item in items[worker::workers]]
+    if workers < 2:
+        return
+    # Long tests dealt a module at a time (a module's fixtures, such as the dashboard's lake,
+    # are built once per worker), short ones filling each block to its even share.
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in (i for i in items if weight(i) < 2):
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, module in enumerate(modules.values()):
+        blocks[n % workers] += module
+    short = [i for i in items if weight(i) == 2]
+    for n, block in enumerate(blocks[:-1]):
+        take = max(0, (len(items) * (n + 1)) // workers - sum(map(len, blocks[: n + 1])))
+        block += short[:take]
+        short = short[take:]
+    blocks[-1] += short
+    items[:] = [item for block in blocks for item in block]
