@@ -80,8 +80,8 @@ def record_writes(
     """Append one row per table the guard wrote for `batch_id` (then forgets them), or per
     table of `paths` that holds the batch's commit, and return the rows. `rows_in` and `rules`
     are per entity; `<layer>.<entity>` takes its entity's."""
-    if paths is None:
-        paths = guard.take_written(batch_id)
+    written = guard.take_written(batch_id)
+    paths = written if paths is None else paths
     if not paths:
         return []
     mark = commit_mark(guard.pipeline, batch_id)

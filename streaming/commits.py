@@ -171,21 +171,9 @@ def retrying(work: Callable[[], _T], what: str) -> _T:
 
 
 def _conflicts() -> tuple[type[Exception], ...]:
-    """Delta's commit-conflict exceptions as PySpark raises them. They share no Python base
-    class: `ConcurrentAppendException` is not a `DeltaConcurrentModificationException`."""
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    """Delta's commit-conflict exceptions as PySpark raises them (`delta.exceptions` exports
+    exactly these). They share no Python base class: `ConcurrentAppendException` is not a
+    `DeltaConcurrentModificationException`."""
+    import delta.exceptions
 
-    return (
-        ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
-        ConcurrentTransactionException, ConcurrentWriteException,
-        DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException,
-    )  # fmt: skip
+    return tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)

@@ -286,12 +286,6 @@ def load_config(
     stream = StreamConfig(**section("stream"))
     if not stream.max_offsets_per_trigger:
         stream = replace(stream, max_offsets_per_trigger=None)
-    s3 = S3Config(**section("s3"))
-    if s3.endpoint and not s3.endpoint.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"LAKEHOUSE_S3_ENDPOINT '{s3.endpoint}' is not an http:// or https:// URL",
-            hint="e.g. http://127.0.0.1:9000 for `lakehouse s3 start`; leave it empty for AWS",
-        )
     retention = {layer: v[f"maintain.retention_days.{layer}"] for layer in settings.RETAINED_LAYERS}
     conf = file.get("spark", {}).get("conf", {})
     return Config(
@@ -302,7 +296,7 @@ def load_config(
         broker=broker,
         stream=stream,
         spark=SparkConfig(**section("spark"), extra={str(k): str(x) for k, x in conf.items()}),
-        s3=replace(s3, endpoint=s3.endpoint.rstrip("/")),
+        s3=S3Config(**section("s3")),
         s3_server=LocalS3Config(**section("s3_server")),
         serve=ServeConfig(**section("serve")),
         maintain=MaintainConfig(**section("maintain"), retention_days=retention),
@@ -336,7 +330,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"config file {path} does not exist", hint="fix LAKEHOUSE_CONFIG or --config"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def _positive(value: Any, name: str) -> int:

@@ -431,7 +431,6 @@ def _apply(spark: SparkSession, config: Config, erasure_id: int) -> dict[str, An
                     outcome["gold"][f"gold.{name}"] = int(summary.upserted + summary.deleted)
     # The commits made, read back from each table's log by their mark (as the audit records),
     # those of an earlier attempt that failed part-way included.
-    guard.take_written(erasure_id)
     for row in record_writes(config, guard, erasure_id, paths=touched):
         outcome["versions"].setdefault(row["table"], []).append(row["version"])
         metrics = json.loads(row["metrics"])

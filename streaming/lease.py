@@ -34,13 +34,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streaming.config import Config
 from streaming.errors import ConfigError
 from streaming.processes import alive
-from streaming.s3.storage import filesystem, is_s3, s3_error, split
+from streaming.s3.storage import is_s3, location_filesystem, s3_error
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
@@ -145,18 +144,12 @@ class WriterLeases:
 
 
 def lease_path(config: Config, layer: str) -> str:
-    if not is_s3(config.root):
-        return str(Path(config.root).resolve() / "_writers" / f"{layer}.lease")
-    bucket, prefix = split(config.root)
-    return "/".join(part for part in (bucket, prefix, "_writers", f"{layer}.lease") if part)
+    """`<root>/_writers/<layer>.lease`, as a path on the root's file system."""
+    return _lease_path(location_filesystem(config, config.root)[1], layer)
 
 
-def _filesystem(config: Config) -> FileSystem:
-    if is_s3(config.root):
-        return filesystem(config.s3)
-    from pyarrow.fs import LocalFileSystem
-
-    return LocalFileSystem()
+def _lease_path(root: str, layer: str) -> str:
+    return f"{root}/_writers/{layer}.lease"
 
 
 def acquire(
@@ -167,10 +160,10 @@ def acquire(
     settle_s: float = SETTLE_S,
 ) -> WriterLeases:
     """Take the lease of every layer or none: a ConfigError names a live holder."""
-    fs = _filesystem(config)
+    fs, root = location_filesystem(config, config.root)
     holder = holder or Holder.this_process()
     leases = WriterLeases(
-        fs, [lease_path(config, layer) for layer in layers], holder, on_lost or _stop_this_process
+        fs, [_lease_path(root, layer) for layer in layers], holder, on_lost or _stop_this_process
     )
     try:
         for layer, path in zip(layers, leases.paths, strict=True):
@@ -242,11 +235,11 @@ def holders(config: Config) -> dict[str, tuple[Holder, float]]:
     """Per layer, the lease's holder and the seconds since its refresh (for `status`)."""
     from streaming.catalog import LAYERS
 
-    fs = _filesystem(config)
+    fs, root = location_filesystem(config, config.root)
     found = {}
     for layer in LAYERS:
         try:
-            current = _read(fs, lease_path(config, layer))
+            current = _read(fs, _lease_path(root, layer))
         except OSError:
             continue
         if current is not None:

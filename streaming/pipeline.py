@@ -119,6 +119,7 @@ class BatchWriter:
         self.layers = layers or LAYERS[pipeline]
         self.guard = CommitGuard(config, query_name(pipeline))
         self.observer = observer
+        self.workers = workers or len(config.entities)
         self.entity_of = {config.topic(e).name: e for e in config.entities}
         self.bronze_paths = {e: config.table_path(bronze.LAYER, e) for e in config.entities}
         for entity in config.entities:
@@ -134,14 +135,13 @@ class BatchWriter:
         if "gold" in self.layers:
             self.gold = GoldLayer(spark, config, self.guard)
         self.threads = ThreadPoolExecutor(
-            max_workers=workers or len(config.entities),
+            max_workers=self.workers,
             thread_name_prefix="layer",
             # A thread's jobs go to its scheduler pool, a thread-local property: the query's
             # own thread has the pipeline's, which new threads do not inherit.
             initializer=spark.sparkContext.setLocalProperty,
             initargs=(POOL_PROPERTY, PIPELINE_POOL),
         )
-        self.workers = workers or len(config.entities)
         self.tombstones = Tombstones(config)
         self.lineage = OpenLineageEmitter(config, pipeline)
         # Held for each batch: what else writes these tables from this process (an erasure)

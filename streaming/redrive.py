@@ -100,10 +100,10 @@ class Rewrite:
 
     def take(self, counts: SilverBooks) -> None:
         """The Silver layer's books of the rewrite's batch."""
-        self.to_silver = int(counts.valid)
-        self.duplicate = int(counts.duplicate)
-        self.quarantined = {k: int(v) for k, v in counts.stages.items()}
-        self.rules = {k: int(v) for k, v in counts.rules.items()}
+        self.to_silver = counts.valid
+        self.duplicate = counts.duplicate
+        self.quarantined = dict(counts.stages)
+        self.rules = dict(counts.rules)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,7 +40,8 @@ class Setting:
     """One setting. `key` is also its place in the configuration tree (`stream.trigger_interval`
     is `config.stream.trigger_interval`). `kind`: text, optional (text; empty is None), int,
     bool, float, secret (a `Secret`, never printed; empty is None), path (a local file or
-    folder, relative to the working directory), location (a local folder or s3a:// URI)."""
+    folder, relative to the working directory), location (a local folder or s3a:// URI), url
+    (http:// or https://; empty is none)."""
 
     env: str
     key: str  # dotted key in the TOML file
@@ -67,8 +68,7 @@ class Setting:
         return str(self.default)
 
 
-def _s(env: str, key: str, default: Any, kind: str, help: str, **checks: Any) -> Setting:
-    return Setting(env, key, default, kind, help, **checks)
+_s = Setting  # short, for the table below
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -146,8 +146,8 @@ SETTINGS: tuple[Setting, ...] = (
        "the local S3 server's folder"),
     _s("LAKEHOUSE_S3_HEAP", "s3_server.heap", "384m", "text", "the local S3 server's heap"),
     # S3
-    _s("LAKEHOUSE_S3_ENDPOINT", "s3.endpoint", "", "text",
-       "an S3 API's http(s) URL (empty: AWS)"),
+    _s("LAKEHOUSE_S3_ENDPOINT", "s3.endpoint", "", "url",
+       "an S3 API's URL, e.g. http://127.0.0.1:9000 for `lakehouse s3 start` (empty: AWS)"),
     _s("AWS_REGION", "s3.region", "us-east-1", "text", "the bucket's region"),
     _s("AWS_ACCESS_KEY_ID", "s3.access_key_id", "", "optional",
        "S3 keys (none: the AWS credential chain, e.g. an IAM role)"),
@@ -175,7 +175,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _s("LAKEHOUSE_OPENLINEAGE_FILE", "lineage.file", "", "text",
        "a JSON-lines file for each batch's OpenLineage events"),
-    _s("LAKEHOUSE_OPENLINEAGE_URL", "lineage.url", "", "text",
+    _s("LAKEHOUSE_OPENLINEAGE_URL", "lineage.url", "", "url",
        "an OpenLineage endpoint (Marquez: http://host:5000)"),
     # serving
     _s("LAKEHOUSE_SERVE_HOST", "serve.host", "127.0.0.1", "text", "where `serve` listens"),
@@ -241,6 +241,13 @@ def _typed(setting: Setting, raw: Any, source: str) -> Any:
         return Path(raw).expanduser().resolve()
     if kind == "location":
         return _location(str(raw), source)
+    if kind == "url":
+        url = str(raw).rstrip("/")
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{source} '{url}' is not an http:// or https:// URL", hint=setting.help
+            )
+        return url
     if kind == "secret":
         return Secret(str(raw)) if raw != "" else None
     text = str(raw).upper() if setting.upper else str(raw)
