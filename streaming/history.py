@@ -45,6 +45,7 @@ def history_schema() -> pa.Schema:
             ("gold_deleted", counts),
             ("watermarks", pa.map_(pa.string(), pa.timestamp("us", tz="UTC"))),
             ("layer_seconds", pa.map_(pa.string(), pa.float64())),
+            ("delta_versions", counts),  # per table written: the version the batch committed
         ]
     )
 
@@ -68,6 +69,7 @@ def history_row(pipeline: str, report: BatchReport) -> dict[str, Any]:
         "gold_deleted": {t: s.deleted for t, s in report.gold.items()},
         "watermarks": report.watermarks,
         "layer_seconds": {k: round(v, 3) for k, v in report.seconds.items()},
+        "delta_versions": report.versions,
     }
 
 

@@ -78,6 +78,7 @@ class BatchReport:
     gold: dict[str, GoldSummary] = field(default_factory=dict)  # per table: its summary
     seconds: dict[str, float] = field(default_factory=dict)  # per layer
     watermarks: dict[str, datetime] = field(default_factory=dict)  # per entity, after the batch
+    versions: dict[str, int] = field(default_factory=dict)  # per table written: its new version
 
     def line(self, pipeline: str) -> str:
         total = sum(self.rows_in.values())
@@ -153,6 +154,7 @@ class BatchWriter:
             report = self._batch(batch, batch_id)
         rules = {entity: books.rules for entity, books in report.silver.items()}
         written = record_writes(self.config, self.guard, batch_id, report.rows_in, rules)
+        report.versions = {row["table"]: row["version"] for row in written}
         self.lineage.emit(report, written)
         if report.rows_in:
             log.info(report.line(self.pipeline))

@@ -216,6 +216,14 @@ def test_status_reads_run_history_lag_freshness_and_quarantine_from_the_tables(b
     assert sum(n for run in newest.values() for _, n in run["rows_in"]) == 3_000
     assert report["pipelines"]["all"]["last_batch"] == max(newest)
     assert report["writers"] == {}, "a finished run left its writer lease"
+    writes = DeltaTable(built.config.table_path("audit", "writes")).to_pyarrow_table().to_pylist()
+    audited = {(w["batch_id"], w["table"]): w["version"] for w in writes}
+    assert all(run["delta_versions"] for run in newest.values() if run["rows_in"])
+    assert all(
+        audited[(batch, table)] == version
+        for batch, run in newest.items()
+        for table, version in run["delta_versions"]
+    ), "the run history's Delta versions differ from the write audit's"
     assert set(report["pipelines"]["all"]["layer_seconds"]) == {"bronze", "silver", "gold"}
     lag = report["kafka_lag"]
     assert {t: v["records"] for t, v in lag.items()} == {
