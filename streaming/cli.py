@@ -179,6 +179,32 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     return bench(config, args)
 
 
+def _chaos(config: Config, args: argparse.Namespace) -> int:
+    from streaming.chaos.harness import Options, run_chaos
+    from streaming.chaos.scenarios import SCENARIOS
+
+    names = [n for n in (args.scenarios or "").split(",") if n]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ConfigError(
+            f"unknown scenario {unknown[0]!r}", hint=f"one of: {', '.join(SCENARIOS)}"
+        )
+    for flag, value in (("--cycles", args.cycles), ("--events", args.events)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    options = Options.of(args.quick, args.cycles, args.events, names, args.work, args.keep)
+    report = run_chaos(config, options)
+    print()
+    print((Path(report["folder"]) / "chaos.md").read_text(), end="")
+    print(f"report: {report['folder']}/chaos.json and chaos.md ({report['seconds']:.0f} s)")
+    if not report["ok"]:
+        raise VerificationFailed(
+            "a chaos scenario lost, doubled or corrupted data, failed, or an "
+            "oracle did not catch an injected fault"
+        )
+    return 0
+
+
 def _maintain(config: Config, args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -432,6 +458,31 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="the benchmark harness: drain and rate ladders")
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="the pipeline under faults (kill -9, torn checkpoints, broker outages, ...), "
+        "every oracle after each scenario",
+    )
+    chaos.add_argument("--quick", action="store_true", help="a few minutes: kill, checkpoint, "
+                       "broker and governance scenarios, few cycles")  # fmt: skip
+    chaos.add_argument("--cycles", type=int, help="kill -9 cycles (default 20; --quick 2)")
+    chaos.add_argument("--events", type=int, help="events over the run (default 200,000; "
+                       "--quick 8,000)")  # fmt: skip
+    chaos.add_argument(
+        "--scenarios",
+        help="comma-separated: kill, checkpoint, broker, messy, "
+        "governance, retention (default: all; --quick: kill, checkpoint, broker, governance)",
+    )
+    chaos.add_argument(
+        "--work",
+        type=Path,
+        default=Path("chaos-runs"),
+        help="where each run's folder, logs and report go (default ./chaos-runs)",
+    )
+    chaos.add_argument("--keep", action="store_true", help="keep the run's lake, checkpoint and "
+                       "broker data")  # fmt: skip
+    chaos.set_defaults(handler=_chaos)
 
     maintain = commands.add_parser(
         "maintain", help="retention, OPTIMIZE + Z-order, log checkpoints, VACUUM (every table)"

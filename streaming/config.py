@@ -6,6 +6,7 @@ Environment variables are read here and nowhere else. Secrets are `Secret` and n
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -36,11 +37,13 @@ class KafkaConfig:
     sasl_password: Secret | None = None
     ssl_ca_location: str | None = None
 
-    def client_options(self) -> dict[str, str]:
-        """Options for confluent-kafka (librdkafka) clients."""
-        options = {
+    def client_options(self) -> dict[str, Any]:
+        """Options for confluent-kafka (librdkafka) clients. Their own log lines (a broker
+        that is away, a retried request) go to the log file, not the screen."""
+        options: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            "logger": logging.getLogger("streaming.kafka.client"),
         }
         if self.sasl_mechanism:
             options["sasl.mechanisms"] = self.sasl_mechanism

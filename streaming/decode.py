@@ -5,7 +5,8 @@ column per contract field, `_format` (json | avro), `_schema_id`, and `_rejectio
 row that decoded, else struct(stage, rule_ids, reason). Stages here are `decode` (the bytes are
 not a message: empty, oversized, not UTF-8, not JSON, not an object, unknown frame, Avro body
 that does not fit its schema) and `schema` (a message of the wrong shape: unknown schema id, a
-field of the wrong type). Nothing is dropped: a rejected row keeps its raw bytes.
+field of the wrong type, a number that is not finite). Nothing is dropped: a rejected row keeps
+its raw bytes.
 
 JSON goes through Spark's VARIANT type, which keeps each token's JSON type, so `"battery": "high"`
 or `"session_id": 12345` is a wrong type rather than a silent cast. No per-row Python.
@@ -84,6 +85,14 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 "schema", "schema.wrong_type", f"field '{name}' is not a {data_type.simpleString()}"
             ),
         )
+    for name, (data_type, _) in fields.items():
+        if isinstance(data_type, (T.DoubleType, T.FloatType)):
+            # 1e400 reads as infinity, and Avro carries NaN: no number a reading can have.
+            value = F.col(name)
+            rejection = rejection.when(
+                F.isnan(value) | (F.abs(value) == F.lit(float("inf"))),
+                _rejection("schema", "schema.not_finite", f"field '{name}' is not a finite number"),
+            )
     return typed.withColumn("_rejection", rejection).drop(
         "_variant",
         "_first_byte",

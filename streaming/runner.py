@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streaming import jars, lease, pipeline
+from streaming import checkpoints, jars, lease, pipeline
 from streaming.config import Config
 from streaming.erasure import PendingErasures, apply_pending
 from streaming.errors import ConfigError, QueryError
@@ -59,7 +59,20 @@ def run(config: Config, name: str, once: bool) -> None:
         )
     plan = preflight(config, name)
     with lease.writer_leases(config, plan.layers):  # one writer per layer
+        resume_checks(config, plan)
         _run(config, plan, once)
+
+
+def resume_checks(config: Config, plan: Plan) -> None:
+    """What the checkpoint and the broker say before the query resumes (under the leases: a
+    torn offset file is set aside only by the pipeline's one writer)."""
+    name = pipeline.query_name(plan.pipeline)
+    location = config.checkpoint_path(name)
+    repaired = checkpoints.repair_torn_offsets(config, name, location)
+    if repaired:
+        log.warning(repaired)
+    if "bronze" in plan.layers:
+        checkpoints.check_data_loss(config, name, location)
 
 
 def _run(config: Config, plan: Plan, once: bool) -> None:

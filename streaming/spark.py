@@ -28,6 +28,9 @@ PIPELINE_POOL = "pipeline"  # fairscheduler.xml
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
+# JVM options for short-lived Spark processes (tests, chaos restarts): C2 compiles code a short
+# run is over before it pays off (docs/benchmarks.md: the JIT's optimising tier in short runs).
+SHORT_RUN_JVM = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 
 
 def submitted() -> bool:

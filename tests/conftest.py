@@ -19,6 +19,7 @@ import pytest
 from streaming.config import Config, load_config
 from streaming.kafka import broker
 from streaming.kafka.admin import create_topics
+from streaming.spark import SHORT_RUN_JVM
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 PROJECT = Path(__file__).resolve().parent.parent
 # pandas-on-Spark asks for this before any Spark session starts (pyarrow timestamps).
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
-QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 
 
 def _docker_answers() -> bool:
@@ -84,7 +84,7 @@ def lake_env(root: Path, bootstrap: str, prefix: str) -> dict[str, str]:
         "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
         # Each test's JVM lives for a few batches: the JIT's optimising tier would compile
         # code the run is over before it pays off (a first 1,500-event batch: 41 s -> 28 s).
-        "LAKEHOUSE_JVM_OPTIONS": QUICK_JVM,
+        "LAKEHOUSE_JVM_OPTIONS": SHORT_RUN_JVM,
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -12,13 +11,10 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 from streaming.config import Config, KafkaConfig
 from streaming.errors import BrokerError
 
-# librdkafka reports every failed connection attempt; the service reports one clear line instead.
-_CLIENT_LOG = logging.getLogger("streaming.kafka.client")
-
 
 def admin_client(kafka: KafkaConfig, errors: list[KafkaError] | None = None) -> AdminClient:
     """An AdminClient; `errors` collects the client's background errors (failed logins)."""
-    options: dict[str, Any] = {**kafka.client_options(), "logger": _CLIENT_LOG}
+    options: dict[str, Any] = kafka.client_options()
     if errors is not None:
         options["error_cb"] = errors.append
     return AdminClient(options)

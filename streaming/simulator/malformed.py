@@ -10,6 +10,7 @@ would.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,8 @@ from streaming.simulator.events import TIMESTAMP_FIELD, Record
 
 UNKNOWN_SCHEMA_ID = 999
 OVERSIZED_PADDING = 200_000
+HUGE_STRING = 10 * 1024 * 1024  # a 10 MB string (it compresses to kilobytes on the wire)
+NESTING = 10_000  # arrays nested this deep
 _COMMON = (
     "truncated_json",
     "not_json_object",
@@ -35,10 +38,22 @@ _COMMON = (
     "empty_value",
     "oversized_value",
     "bad_enum",
+    # the text is not JSON, though a lenient parser might take it
+    "nan_literal",
+    "infinity_literal",
+    "single_quotes",
+    "trailing_garbage",
+    "bom_prefix",
+    "control_char",
+    "duplicate_keys",
+    "deeply_nested",
+    "lone_surrogate",
+    "huge_string",
 )
 _EXTRA: dict[str, tuple[str, ...]] = {
-    "telemetry": ("out_of_range", "bad_vehicle_id", "invalid_coordinates"),
+    "telemetry": ("out_of_range", "bad_vehicle_id", "invalid_coordinates", "number_overflow"),
     "bookings": (
+        "number_overflow",
         "out_of_range",
         "bad_vehicle_id",
         "invalid_coordinates",
@@ -46,7 +61,7 @@ _EXTRA: dict[str, tuple[str, ...]] = {
         "negative_revenue",
     ),
     "user_events": (),
-    "external": ("out_of_range", "invalid_coordinates"),
+    "external": ("out_of_range", "invalid_coordinates", "number_overflow"),
     "feedback": ("out_of_range", "bad_vehicle_id"),
 }
 MALFORMED_KINDS: tuple[str, ...] = (
@@ -56,6 +71,7 @@ MALFORMED_KINDS: tuple[str, ...] = (
     "invalid_coordinates",
     "negative_duration",
     "negative_revenue",
+    "number_overflow",
 )
 PRIMARY_ID = {
     "telemetry": "vehicle_id",
@@ -72,6 +88,7 @@ _TARGETS: dict[str, dict[str, tuple[str, Any]]] = {
         "bad_enum": ("vehicle_type", "rocket"),
         "invalid_coordinates": ("latitude", 123.4),
         "missing_field": ("latitude", None),
+        "number_overflow": ("battery_level", None),
     },
     "bookings": {
         "wrong_type": ("revenue", "lots"),
@@ -81,6 +98,7 @@ _TARGETS: dict[str, dict[str, tuple[str, Any]]] = {
         "negative_duration": ("trip_duration_minutes", -5.0),
         "negative_revenue": ("revenue", -12.5),
         "missing_field": ("vehicle_id", None),
+        "number_overflow": ("revenue", None),
     },
     "user_events": {
         "wrong_type": ("session_id", 12345),
@@ -93,6 +111,7 @@ _TARGETS: dict[str, dict[str, tuple[str, Any]]] = {
         "bad_enum": ("source", "rumour"),
         "invalid_coordinates": ("latitude", 123.4),
         "missing_field": ("source", None),
+        "number_overflow": ("latitude", None),
     },
     "feedback": {
         "wrong_type": ("rating", "five"),
@@ -136,11 +155,43 @@ def corrupt(
         if kind == "wrong_magic_byte":
             return bytes([MAGIC_BYTE + 1]) + framed[1:]
         return bytes([MAGIC_BYTE]) + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + framed[5:]
+    if kind in _TEXT_KINDS:  # JSON text whatever the stream's format: a producer's bug
+        return _TEXT_KINDS[kind](encode_json(record), PRIMARY_ID[entity])
+    if kind == "number_overflow":  # a double past the largest one: 1e400
+        field = _TARGETS[entity]["number_overflow"][0]
+        return _with_field(encode_json({k: v for k, v in record.items() if k != field}),
+                           f'"{field}":1e400')  # fmt: skip
     if kind == "oversized_value":
         if fmt == "avro":
             return encode_avro(schema, record) + b"\x00" * OVERSIZED_PADDING
         return encode_json({**record, "padding": "x" * OVERSIZED_PADDING})
     return _field_level(kind, entity, record, schema, fmt)
+
+
+def _with_field(body: bytes, field: str | bytes) -> bytes:
+    """A JSON object's text with one more member at its end."""
+    member = field.encode() if isinstance(field, str) else field
+    return body.rstrip()[:-1] + b"," + member + b"}"
+
+
+def _inside_first_string(body: bytes, insert: bytes) -> bytes:
+    cut = body.index(b'":"') + 3
+    return body[:cut] + insert + body[cut:]
+
+
+_NESTED = b'"nested":' + b"[" * NESTING + b"]" * NESTING
+_TEXT_KINDS: dict[str, Callable[[bytes, str], bytes]] = {
+    "nan_literal": lambda body, _: _with_field(body, '"reading":NaN'),
+    "infinity_literal": lambda body, _: _with_field(body, '"reading":-Infinity'),
+    "single_quotes": lambda body, _: body.replace(b'"', b"'"),
+    "trailing_garbage": lambda body, _: body + b' {"and":"more"}',
+    "bom_prefix": lambda body, _: b"\xef\xbb\xbf" + body,
+    "control_char": lambda body, _: _inside_first_string(body, b"\x01\x07"),
+    "duplicate_keys": lambda body, primary: _with_field(body, f'"{primary}":"someone-else"'),
+    "deeply_nested": lambda body, _: _with_field(body, _NESTED),
+    "lone_surrogate": lambda body, _: _inside_first_string(body, b"\\ud800"),
+    "huge_string": lambda body, _: _with_field(body, b'"notes":"' + b"x" * HUGE_STRING + b'"'),
+}
 
 
 def _field_level(kind: str, entity: str, record: Record, schema: MessageSchema, fmt: str) -> bytes:

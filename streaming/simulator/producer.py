@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -85,9 +86,14 @@ def validate_options(entity: str, options: ProduceOptions) -> None:
 
 
 def run_producer(
-    config: Config, entity: str, options: ProduceOptions, progress: TextIO = sys.stderr
+    config: Config,
+    entity: str,
+    options: ProduceOptions,
+    progress: TextIO = sys.stderr,
+    enough: Callable[[int], bool] | None = None,
 ) -> ProduceReport:
-    """Send `options.count` messages (all topics mixed for entity "all") and report."""
+    """Send `options.count` messages (all topics mixed for entity "all") and report; with
+    `enough`, stop sooner once it says so of the count sent."""
     validate_options(entity, options)
     entities = list(SIMULATED) if entity == "all" else [entity]
     require_topics(config, entities)
@@ -105,7 +111,7 @@ def run_producer(
     tracker = _Tracker(options.ledger)
     sender = _Sender(producer, topics, CONTENT_TYPE[options.format], tracker)
     try:
-        _pump(stream, sender, options, progress, entity)
+        _pump(stream, sender, options, progress, entity, enough)
     except KeyboardInterrupt:
         progress.write("interrupted: flushing what was already sent\n")
     finally:
@@ -126,7 +132,7 @@ def _producer_options(config: Config) -> dict[str, Any]:
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
-        "message.max.bytes": 1_000_000,
+        "message.max.bytes": 16_000_000,  # a 10 MB malformed string; it compresses to KBs
     }
 
 
@@ -213,13 +219,14 @@ def _pump(
     options: ProduceOptions,
     progress: TextIO,
     entity: str,
+    enough: Callable[[int], bool] | None = None,
 ) -> None:
     """Generate and send chunk after chunk, sleeping to the schedule start + sent / rate."""
     chunk = _chunk_size(options.rate)
     start = time.monotonic()
     next_report = start + PROGRESS_EVERY_S
     sent = 0
-    while options.count == 0 or sent < options.count:
+    while (options.count == 0 or sent < options.count) and not (enough and enough(sent)):
         n = chunk if options.count == 0 else min(chunk, options.count - sent)
         sender.send(stream.next_chunk(n))
         sent += n

@@ -26,9 +26,10 @@ from streaming.gold.table import SILVER_VERSION, UPDATED_AT
 from streaming.jars import require
 from streaming.silver.query import check_inputs
 from streaming.simulator import SIMULATED
+from streaming.spark import SHORT_RUN_JVM
 from streaming.verify import check_bronze
 from tests.builders import PII_KEY, lakehouse, package_zip
-from tests.conftest import QUICK_JVM, _free_ports
+from tests.conftest import _free_ports
 
 pytestmark = pytest.mark.e2e
 SPARK_HOME = Path(pyspark.__file__ or "").resolve().parent
@@ -132,7 +133,7 @@ def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
     submitted = subprocess.run(
         [str(SPARK_HOME / "bin" / "spark-submit"), "--master", master,
          "--deploy-mode", "client", "--driver-memory", "2g", "--executor-memory", "2g",
-         "--driver-java-options", QUICK_JVM,
+         "--driver-java-options", SHORT_RUN_JVM,
          "--total-executor-cores", "2", "--jars", jars,
          "--py-files", str(package_zip(tmp_path)),
          str(Path(streaming.__file__).parent / "cli.py"), "run", "all", "--once"],

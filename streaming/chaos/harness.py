@@ -1,0 +1,412 @@
+"""The chaos run: its broker and lake, a producer per scenario, the oracles after each, and the
+report (a table printed, and written as JSON and Markdown)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streaming.catalog import RUN_HISTORY, TableRef
+from streaming.chaos import oracles, scenarios
+from streaming.chaos.faults import Broker, ChaosError, Pipeline, wait_until
+from streaming.config import Config, load_config
+from streaming.kafka.admin import create_topics
+from streaming.simulator.producer import ProduceOptions, ProduceReport, run_producer
+from streaming.spark import SHORT_RUN_JVM
+from streaming.tables import open_table
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """`lakehouse chaos`'s flags, resolved."""
+
+    scenarios: tuple[str, ...]
+    cycles: int
+    events: int
+    work: Path
+    rate: float = 200.0  # events per second while a scenario runs
+    seed: int = 7
+    jitter_s: float = 6.0
+    broker_down_s: float = 30.0
+    pause_s: float = 60.0
+    crash_tables: tuple[str, ...] = ()
+    keep: bool = False
+
+    @classmethod
+    def of(cls, quick: bool, cycles: int | None, events: int | None,
+           names: list[str] | None, work: Path, keep: bool) -> Options:  # fmt: skip
+        if quick:
+            return cls(
+                scenarios=tuple(names or scenarios.QUICK), cycles=cycles or 2,
+                events=events or 4_000, work=work, rate=50.0, broker_down_s=5.0, pause_s=0.0,
+                keep=keep,
+            )  # fmt: skip
+        return cls(
+            scenarios=tuple(names or scenarios.SCENARIOS), cycles=cycles or 20,
+            events=events or 200_000, work=work,
+            crash_tables=("bronze.telemetry", "silver.telemetry", "quarantine.bookings",
+                          "silver.vehicle_state", "gold.demand_by_zone_hour",
+                          "gold.customer_journeys"),
+            keep=keep,
+        )  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    """One row of the chaos table."""
+
+    scenario: str
+    events: int
+    faults: int
+    lost: int
+    duplicated: int
+    unexpected: int
+    gold_wrong: int
+    recovery_s: list[float]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and self.lost == self.duplicated == 0
+            and (self.unexpected == self.gold_wrong == 0)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "ok": self.ok}
+
+
+class Production:
+    """A ledgered producer in a thread at a fixed rate while a scenario injects its faults;
+    `join` lets it go on until it has sent its quota, then stops it."""
+
+    def __init__(
+        self, config: Config, entity: str, options: ProduceOptions, log_file: Path, quota: int
+    ) -> None:
+        self.report: ProduceReport | None = None
+        self.error: BaseException | None = None
+        self.finishing = threading.Event()
+
+        def enough(sent: int) -> bool:
+            return self.finishing.is_set() and sent >= quota
+
+        def produce() -> None:
+            try:
+                with log_file.open("w") as progress:
+                    self.report = run_producer(config, entity, options, progress, enough)
+            except BaseException as exc:  # reported by join
+                self.error = exc
+
+        self.thread = threading.Thread(target=produce, name=f"chaos-{log_file.stem}", daemon=True)
+        self.thread.start()
+
+    def join(self) -> int:
+        """Acknowledged messages, once the quota is sent and every message acked or failed."""
+        self.finishing.set()
+        self.thread.join()
+        if self.error is not None:
+            raise ChaosError(f"the producer failed: {self.error}")
+        assert self.report is not None
+        if self.report.failed:
+            raise ChaosError(f"the producer lost {self.report.failed} messages: "
+                             f"{self.report.first_error}")  # fmt: skip
+        return self.report.acked
+
+
+class Run:
+    """One chaos run: the lake, its broker and pipeline, the ledgers so far."""
+
+    def __init__(self, base: Config, options: Options) -> None:
+        self.options = options
+        self.rng = random.Random(options.seed)
+        self.folder = options.work / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        self.logs = self.folder / "logs"
+        self.logs.mkdir(parents=True)
+        ports = [_free_port(), _free_port()]
+        self.env = {
+            **os.environ,
+            "LAKEHOUSE_ROOT": str(self.folder / "lakehouse"),
+            "LAKEHOUSE_CHECKPOINTS": str(self.folder / "checkpoints"),
+            "LAKEHOUSE_TOPIC_PREFIX": "chaos.",
+            "LAKEHOUSE_METRICS_PORT": "0",
+            "LAKEHOUSE_SPARK_LOG": str(self.logs / "spark.log"),
+            "LAKEHOUSE_KAFKA_DIR": str(self.folder / "kafka"),
+            "LAKEHOUSE_KAFKA_PORT": str(ports[0]),
+            "LAKEHOUSE_KAFKA_CONTROLLER_PORT": str(ports[1]),
+            "LAKEHOUSE_KAFKA_HEAP": "512m",
+            "KAFKA_BOOTSTRAP_SERVERS": "",
+            "LAKEHOUSE_TRIGGER_INTERVAL": "1 second",
+            "LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER": "2000",
+            "LAKEHOUSE_ERASE_GRACE_SECONDS": "10",
+            # Every restart is a fresh JVM whose first batches are the slowest.
+            "LAKEHOUSE_JVM_OPTIONS": os.environ.get("LAKEHOUSE_JVM_OPTIONS") or SHORT_RUN_JVM,
+        }
+        if base.pii_key is None:  # a throw-away lake: a random key unless one is configured
+            self.env["LAKEHOUSE_PII_KEY"] = secrets.token_hex(24)
+        for name in (
+            "KAFKA_SECURITY_PROTOCOL",
+            "KAFKA_SASL_MECHANISM",
+            "KAFKA_SASL_USERNAME",
+            "KAFKA_SASL_PASSWORD",
+            "KAFKA_SSL_CA_LOCATION",
+            "LAKEHOUSE_CONFIG",
+        ):
+            self.env.pop(name, None)  # fmt: skip
+        self.config = load_config(self.env)
+        self.broker = Broker(self.config)
+        self.pipeline = Pipeline(self.config, self.env, self.logs)
+        self.ledgers: list[Path] = []
+        self.acked = 0
+        self.skipped = 0
+        self._spark: SparkSession | None = None
+
+    # -- what scenarios use ----------------------------------------------------------------
+
+    def events_for(self, scenario: str) -> int:
+        """The kill scenario takes half the events; the others share the rest."""
+        names = self.options.scenarios
+        if scenario == "kill":
+            return self.options.events // 2 if len(names) > 1 else self.options.events
+        others = [n for n in names if n != "kill"]
+        share = self.options.events - (self.options.events // 2 if "kill" in names else 0)
+        return max(100, share // max(1, len(others)))
+
+    def produce(self, name: str, quota: int, fmt: str = "json", only: str = "all",
+                malformed: float = 0.05, late: float = 0.02,
+                duplicates: float = 0.03) -> Production:  # fmt: skip
+        """A producer at the run's rate from now until the scenario joins it, and then until
+        it has sent `quota` events; its ledger joins the run's."""
+        ledger = self.folder / "ledgers" / f"{name}.ledger"
+        self.ledgers.append(ledger)
+        options = ProduceOptions(
+            rate=self.options.rate, count=0, format=fmt, duplicates=duplicates,
+            malformed=malformed, late=late, seed=self.rng.randrange(1 << 30), ledger=ledger,
+        )  # fmt: skip
+        log_file = self.logs / f"produce-{name}.log"
+        production = Production(self.config, only, options, log_file, quota)
+        original = production.join
+
+        def join() -> int:
+            acked = original()
+            self.acked += acked
+            return acked
+
+        production.join = join  # type: ignore[method-assign]
+        return production
+
+    def restart_and_commit(self, **overrides: str) -> float:
+        """Start the pipeline; seconds until it commits a batch."""
+        before = self.pipeline.commits()
+        started = time.monotonic()
+        self.pipeline.start(**overrides)
+        self.pipeline.wait_commit(before)
+        return time.monotonic() - started
+
+    def recovered(self) -> float:
+        """Seconds until the running pipeline commits its next batch (restarted if a fault
+        stopped it: what a container supervisor does)."""
+        started = time.monotonic()
+        before = self.pipeline.commits()
+        try:
+            self.pipeline.wait_commit(before)
+        except ChaosError:
+            if self.pipeline.running():
+                raise
+            log.warning("the pipeline stopped under the fault (%s): started again",
+                        self.pipeline.tail(1))  # fmt: skip
+            self.restart_and_commit()
+        return time.monotonic() - started
+
+    def end_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({**self.config.kafka.client_options(), "group.id": "chaos"})
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    for p in metadata.partitions}  # fmt: skip
+        finally:
+            consumer.close()
+
+    def busiest_user(self) -> str:
+        from pyspark.sql import functions as F
+
+        frames = [
+            self.spark.read.format("delta").load(self.config.table_path("silver", e))
+            .select("user_id") for e in ("bookings", "user_events")
+        ]  # fmt: skip
+        counts = frames[0].unionByName(frames[1]).groupBy("user_id").count()
+        return str(counts.orderBy(F.desc("count"), "user_id").first()["user_id"])  # type: ignore[index]
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            from streaming.spark import build_spark
+
+            self._spark = build_spark(self.config, app_name="lakehouse-chaos")
+        return self._spark
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def caught_up(self) -> bool:
+        table = open_table(self.config, TableRef(*RUN_HISTORY).path(self.config))
+        if table is None:
+            return False
+        rows = table.to_pyarrow_table(columns=["pipeline", "batch_id", "rows_in"]).to_pylist()
+        newest = {r["batch_id"]: r["rows_in"] for r in rows if r["pipeline"] == "all"}
+        return sum(n for counts in newest.values() for _, n in counts) >= self.acked - self.skipped
+
+    def scenario(self, name: str) -> Outcome:
+        started = time.monotonic()
+        acked_before = self.acked
+        try:
+            injected = scenarios.SCENARIOS[name](self)
+            if not self.pipeline.running():
+                self.pipeline.start()
+            wait_until(self.caught_up, "the pipeline to catch up", 900,
+                       self.pipeline.require_running)  # fmt: skip
+            found = oracles.tally(self.spark, self.config, self.ledgers, self.skipped)
+        except ChaosError as exc:
+            return Outcome(name, self.acked - acked_before, 0, 0, 0, 0, 0, [],
+                           time.monotonic() - started, error=str(exc))  # fmt: skip
+        return Outcome(
+            scenario=name,
+            events=self.acked - acked_before,
+            faults=injected.faults,
+            lost=found.lost,
+            duplicated=found.duplicated,
+            unexpected=found.unexpected,
+            gold_wrong=found.gold_wrong,
+            recovery_s=[round(s, 1) for s in injected.recovery],
+            seconds=round(time.monotonic() - started, 1),
+            notes=injected.notes,
+            violations=found.violations,
+        )
+
+    def close(self) -> None:
+        if self.pipeline.running():
+            self.pipeline.stop()
+        try:
+            self.broker.stop()
+        except Exception as exc:  # the report matters more than a clean broker stop
+            log.warning("the chaos broker did not stop: %s", exc)
+        if self._spark is not None:
+            self._spark.stop()
+        if not self.options.keep:
+            shutil.rmtree(self.folder / "lakehouse", ignore_errors=True)
+            shutil.rmtree(self.folder / "checkpoints", ignore_errors=True)
+            shutil.rmtree(self.folder / "kafka", ignore_errors=True)
+
+
+def run_chaos(base: Config, options: Options, echo: Any = print) -> dict[str, Any]:
+    """Every chosen scenario in turn, then the oracles' proofs; the report."""
+    run = Run(base, options)
+    echo(f"chaos: {', '.join(options.scenarios)}; {options.events:,} events, "
+         f"{options.cycles} kill cycles; work folder {run.folder}")  # fmt: skip
+    outcomes: list[Outcome] = []
+    proofs: list[oracles.Proof] = []
+    started = time.monotonic()
+    try:
+        run.broker.start()
+        create_topics(run.config)
+        for name in options.scenarios:
+            outcome = run.scenario(name)
+            outcomes.append(outcome)
+            echo(_line(outcome))
+            if outcome.error is not None:
+                break
+        if outcomes and all(o.ok for o in outcomes):
+            if run.pipeline.running():
+                run.pipeline.stop()
+            proofs = oracles.prove(run.spark, run.config, run.ledgers, run.skipped)
+            for proof in proofs:
+                echo(
+                    f"proof: {proof.oracle} on {proof.fault} in {proof.table}: "
+                    f"{'failed, as it must' if proof.failed else 'DID NOT FAIL'} {proof.found}"
+                )
+    finally:
+        run.close()
+    every_scenario = len(outcomes) == len(options.scenarios) and all(o.ok for o in outcomes)
+    report = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.__dict__.items()},
+        "seconds": round(time.monotonic() - started, 1),
+        "scenarios": [o.as_dict() for o in outcomes],
+        "proofs": [p.as_dict() for p in proofs],
+        "ok": every_scenario and bool(proofs) and all(p.failed for p in proofs),
+        "folder": str(run.folder),
+        "lake": {
+            k: run.env[k]
+            for k in ("LAKEHOUSE_ROOT", "LAKEHOUSE_CHECKPOINTS", "LAKEHOUSE_TOPIC_PREFIX")
+        },
+        "ledgers": [str(p) for p in run.ledgers],
+    }
+    (run.folder / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run.folder / "chaos.md").write_text(markdown(report))
+    return report
+
+
+def _line(o: Outcome) -> str:
+    if o.error:
+        return f"{o.scenario}: FAILED: {o.error}"
+    recovery = f"recovery max {max(o.recovery_s):.1f} s" if o.recovery_s else "no recovery"
+    return (f"{o.scenario}: {o.events:,} events, {o.faults} faults, lost {o.lost}, duplicated "
+            f"{o.duplicated}, unexpected {o.unexpected}, wrong Gold rows {o.gold_wrong}, "
+            f"{recovery} ({o.seconds:.0f} s)")  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | events | faults | lost | duplicated | unexpected | wrong Gold rows | "
+        "recovery s (median / max) | ok |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for o in report["scenarios"]:
+        recovery = sorted(o["recovery_s"])
+        shown = (f"{recovery[len(recovery) // 2]:.1f} / {recovery[-1]:.1f}"
+                 if recovery else "-")  # fmt: skip
+        lines.append(
+            f"| {o['scenario']} | {o['events']:,} | {o['faults']} | {o['lost']} | "
+            f"{o['duplicated']} | {o['unexpected']} | {o['gold_wrong']} | {shown} | "
+            f"{'yes' if o['ok'] else 'NO: ' + (o['error'] or '; '.join(o['violations']))} |"
+        )
+    if report["proofs"]:
+        lines += [
+            "",
+            "| oracle | injected | table | it reported | failed |",
+            "|---|---|---|---|---|",
+        ]
+        for p in report["proofs"]:
+            found = ", ".join(f"{k} {v}" for k, v in p["found"].items())
+            lines.append(f"| {p['oracle']} | {p['fault']} | {p['table']} | {found} | "
+                         f"{'yes' if p['failed'] else 'NO'} |")  # fmt: skip
+    notes = [f"- {o['scenario']}: {n}" for o in report["scenarios"] for n in o["notes"]]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

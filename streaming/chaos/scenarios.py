@@ -1,0 +1,261 @@
+"""What each chaos scenario does while its events flow.
+
+A scenario gets the run (`harness.Run`: the lake, its broker, its pipeline, a producer) and
+returns what it injected: the number of faults, the recovery time of each (seconds from the
+fault's end to the pipeline's next committed batch) and notes. The harness then lets the
+pipeline catch up and runs the oracles.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from streaming.catalog import AUDIT_MAINTENANCE, RUN_HISTORY, TableRef
+from streaming.chaos.faults import LAKEHOUSE, ChaosError, delete, table_version, tear, wait_until
+from streaming.tables import open_table
+
+if TYPE_CHECKING:
+    from streaming.chaos.harness import Run
+
+
+@dataclass
+class Injected:
+    """What a scenario did: faults injected, recovery seconds per fault, notes."""
+
+    faults: int = 0
+    recovery: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, recovery: float | None, note: str | None = None) -> None:
+        self.faults += 1
+        if recovery is not None:
+            self.recovery.append(recovery)
+        if note:
+            self.notes.append(note)
+
+
+def kill(run: Run) -> Injected:
+    """kill -9 of the pipeline's process group at random moments, `cycles` times. A kill's
+    recovery: the restart's seconds to its first committed batch."""
+    production = run.produce("kill", run.events_for("kill"))
+    to_first_batch = []
+    for _ in range(run.options.cycles):
+        if not run.pipeline.running():
+            run.pipeline.start()
+        to_first_batch.append(run.pipeline.kill_9_at_random(run.rng, run.options.jitter_s))
+    production.join()
+    to_first_batch.append(run.restart_and_commit())
+    return Injected(run.options.cycles, to_first_batch[1:], [])
+
+
+def checkpoint(run: Run) -> Injected:
+    """Deterministic crash points, each followed by a restart:
+
+    - a torn last offset file: killed as soon as a batch's offset file appears (before any
+      table holds the batch), the file cut in half;
+    - after a table's commit: killed as soon as the table has a new version, in turn for each
+      table of `crash_tables`;
+    - before the checkpoint's commit: killed as soon as the batch's run-history row is written
+      (the batch's last act), and the last commit-log entry (the batch before) deleted too: the
+      restart runs the batch again over tables that hold it.
+    """
+    done = Injected()
+    production = run.produce("checkpoint", run.events_for("checkpoint"))
+    pipeline = run.pipeline
+    if not pipeline.running():
+        pipeline.start()
+    pipeline.wait_commit(pipeline.commits())
+
+    # a torn last offset file
+    before = pipeline.offsets()
+    wait_until(lambda: pipeline.offsets() > before, "a new offset file", 120,
+               pipeline.require_running)  # fmt: skip
+    pipeline.kill_9()
+    torn = pipeline.offsets()
+    if torn in pipeline.checkpoint.batches("commits"):
+        raise ChaosError(f"batch {torn} committed before the kill landed")
+    tear(pipeline.checkpoint, "offsets", torn)
+    done.add(run.restart_and_commit(), f"offsets/{torn} torn")
+    if "was torn" not in pipeline.log_file.read_text(errors="replace"):
+        raise ChaosError("the restart did not report the torn offset file")
+
+    # after each chosen table's commit
+    for name in run.options.crash_tables:
+        layer, _, table = name.partition(".")
+        path = run.config.table_path(layer, table)
+        version = table_version(run.config, path)
+        wait_until(lambda p=path, v=version: table_version(run.config, p) > v,  # type: ignore[misc]
+                   f"a commit to {name}", 180, pipeline.require_running)  # fmt: skip
+        pipeline.kill_9()
+        done.add(run.restart_and_commit(), f"killed after a commit to {name}")
+
+    # before the checkpoint's commit, and the last commit-log entry lost
+    history = TableRef(*RUN_HISTORY).path(run.config)
+    version = table_version(run.config, history)
+    wait_until(lambda: table_version(run.config, history) > version, "a run-history row", 180,
+               pipeline.require_running)  # fmt: skip
+    pipeline.kill_9()
+    uncommitted = pipeline.offsets()
+    last = pipeline.commits()
+    if last >= uncommitted:
+        raise ChaosError(f"batch {uncommitted} committed before the kill landed")
+    delete(pipeline.checkpoint, "commits", last)
+    done.add(run.restart_and_commit(), f"killed after batch {uncommitted}'s last write, before "
+             f"its checkpoint commit; commits/{last} deleted as well")  # fmt: skip
+    production.join()
+    return done
+
+
+def broker(run: Run) -> Injected:
+    """The broker killed -9 and restarted, paused (SIGSTOP), and a partition added to a topic,
+    each while events flow and the pipeline runs."""
+    done = Injected()
+    pipeline, chaos_broker = run.pipeline, run.broker
+    if not pipeline.running():
+        pipeline.start()
+    pipeline.wait_commit(pipeline.commits())
+    production = run.produce("broker", run.events_for("broker") // 2)
+
+    time.sleep(run.rng.uniform(1.0, 4.0))
+    chaos_broker.kill_9()
+    time.sleep(run.options.broker_down_s)
+    chaos_broker.start()
+    done.add(run.recovered(), f"broker killed -9, down {run.options.broker_down_s:.0f} s")
+
+    if run.options.pause_s:
+        chaos_broker.pause()
+        time.sleep(run.options.pause_s)
+        chaos_broker.resume()
+        done.add(run.recovered(), f"broker paused {run.options.pause_s:.0f} s")
+    production.join()
+
+    topic = run.config.topic("telemetry")
+    chaos_broker.add_partitions(topic.name, topic.partitions + 2)
+    # A new producer learns the new partitions at once (a running one within its metadata
+    # refresh); the Kafka source finds them at its next batch.
+    second = run.produce("broker-partitions", run.events_for("broker") // 2)
+    second.join()
+    done.add(run.recovered(), f"{topic.name}: {topic.partitions} -> {topic.partitions + 2} "
+             "partitions")  # fmt: skip
+    return done
+
+
+def retention(run: Run) -> Injected:
+    """Retention overtaking the stream: records deleted before the pipeline read them. The
+    run must stop with a clear error, then go on with LAKEHOUSE_FAIL_ON_DATA_LOSS=false."""
+    done = Injected()
+    pipeline = run.pipeline
+    if pipeline.running():
+        pipeline.stop()
+    production = run.produce("retention", run.events_for("retention"), only="telemetry")
+    production.join()
+    topic = run.config.topic("telemetry")
+    ends = run.end_offsets(topic.name)
+    cut = {p: end - max(1, (end - start) // 2) for p, (start, end) in ends.items()}
+    run.skipped += run.broker.delete_before(topic.name, cut)
+    pipeline.start()
+    code = pipeline.wait_exit(300)
+    text = pipeline.log_file.read_text(errors="replace")
+    if code == 0 or "retention overtook the stream" not in text:
+        raise ChaosError(
+            f"a run after retention overtook it did not stop clearly: {pipeline.tail()}"
+        )
+    started = time.monotonic()
+    pipeline.start(LAKEHOUSE_FAIL_ON_DATA_LOSS="false")
+    pipeline.wait_commit(pipeline.commits())
+    note = f"{run.skipped} offsets deleted unread: stopped with the count, then skipped"
+    done.add(time.monotonic() - started, note)
+    if "skipping offsets Kafka no longer holds" not in pipeline.log_file.read_text(
+        errors="replace"
+    ):
+        raise ChaosError("the run with LAKEHOUSE_FAIL_ON_DATA_LOSS=false did not log the skip")
+    pipeline.stop()
+    pipeline.start()
+    return done
+
+
+def messy(run: Run) -> Injected:
+    """A third of the events malformed in every way the simulator knows, a tenth late, in JSON
+    and Avro."""
+    done = Injected()
+    if not run.pipeline.running():
+        run.pipeline.start()
+    events = run.events_for("messy")
+    shares = {"malformed": 0.3, "late": 0.1, "duplicates": 0.05}
+    first = run.produce("messy-json", events // 2, "json", "all", **shares)
+    second = run.produce("messy-avro", events // 2, "avro", "telemetry", **shares)
+    first.join()
+    second.join()
+    done.add(None, "30 % malformed, 10 % late, 5 % duplicated; JSON and Avro")
+    return done
+
+
+def governance(run: Run) -> Injected:
+    """Maintenance (compaction) and an erasure beside the running stream; a re-drive while the
+    stream holds Silver is refused with the holder's name."""
+    done = Injected()
+    pipeline = run.pipeline
+    if not pipeline.running():
+        pipeline.start()
+    production = run.produce("governance", run.events_for("governance"))
+    pipeline.wait_commit(pipeline.commits())
+    maintain = subprocess.Popen(
+        [*LAKEHOUSE, "maintain", "--once", "--no-vacuum"], env=run.env,
+        stdout=(run.logs / "maintain.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    refused = _lakehouse(run, "redrive", "telemetry")
+    if refused.returncode == 0 or "error:" not in refused.stderr:
+        raise ChaosError("a re-drive beside the running stream was not refused: "
+                         + refused.stdout[-300:] + refused.stderr[-300:])  # fmt: skip
+    user = run.busiest_user()
+    receipt = run.logs / "erasure-receipt.json"
+    erased = _lakehouse(run, "erase", "--user-id", user, "--receipt", str(receipt), timeout=900)
+    if erased.returncode != 0:
+        raise ChaosError("the erasure failed: " + erased.stderr.strip()[-500:])
+    written = json.loads(receipt.read_text())
+    if written["proof"]["hits"]:
+        raise ChaosError(f"the erased person is still in {written['proof']['hits']}")
+    assert pipeline.process is not None
+    if f"pid {pipeline.process.pid}" not in written["applied_by"]:
+        raise ChaosError(f"the erasure was not applied by the stream: {written['applied_by']}")
+    done.add(None, f"erasure of user {user}: {written['tombstones']} records, applied by the "
+             "running stream, proof scan clean")  # fmt: skip
+    if maintain.wait(timeout=900) != 0:
+        raise ChaosError("maintenance beside the stream failed: see maintain.log")
+    compacted = _compactions(run)
+    if not compacted:
+        raise ChaosError("maintenance beside the stream compacted nothing")
+    done.add(None, f"maintain --once beside the stream: {compacted} tables compacted")
+    done.add(None, "a re-drive beside the stream refused: " + refused.stderr.strip()[:160])
+    production.join()
+    return done
+
+
+def _compactions(run: Run) -> int:
+    """OPTIMIZE actions recorded in the maintenance audit that left fewer files."""
+    table = open_table(run.config, TableRef(*AUDIT_MAINTENANCE).path(run.config))
+    rows = table.to_pyarrow_table().to_pylist() if table is not None else []
+    return sum(
+        1 for r in rows if r["action"] == "optimize" and r["files_after"] < r["files_before"]
+    )
+
+
+def _lakehouse(run: Run, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LAKEHOUSE, *args], env=run.env, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+
+
+SCENARIOS: dict[str, Callable[[Run], Injected]] = {
+    "kill": kill,
+    "checkpoint": checkpoint,
+    "broker": broker,
+    "messy": messy,
+    "governance": governance,
+    "retention": retention,
+}
+QUICK = ("kill", "checkpoint", "broker", "governance")
