@@ -52,6 +52,17 @@ def parse_offsets(text: str) -> list[dict[str, dict[str, int]] | None]:
     return [None if line == "-" else json.loads(line) for line in lines[2:]]
 
 
+def checksum_name(batch_id: int) -> str:
+    """The checksum file Hadoop's local file system writes beside a checkpoint file."""
+    return f".{batch_id}.crc"
+
+
+def _missing() -> object:
+    from pyarrow import fs
+
+    return fs.FileType.NotFound
+
+
 class Checkpoint:
     """One query's checkpoint folder (local or s3a://), read through pyarrow's file systems."""
 
@@ -72,11 +83,31 @@ class Checkpoint:
             return stream.read().decode("utf-8", errors="replace")
 
     def set_aside(self, log_name: str, batch_id: int) -> str:
-        """Move a batch's file to `<checkpoint>/torn/` (Spark only lists numbered files)."""
+        """Move a batch's file to `<checkpoint>/torn/` (Spark only lists numbered files), with
+        the checksum file Hadoop keeps beside it on a local disk (left behind, it would make
+        Spark's next write of that batch fail as a concurrent writer's)."""
         target = f"{self._root}/{TORN}/{log_name}-{batch_id}"
         self._fs.create_dir(f"{self._root}/{TORN}", recursive=True)
         self._fs.move(f"{self._root}/{log_name}/{batch_id}", target)
+        checksum = f"{self._root}/{log_name}/{checksum_name(batch_id)}"
+        if self._fs.get_file_info(checksum).type != _missing():
+            self._fs.move(checksum, f"{target}.crc")
         return target
+
+    def tear(self, log_name: str, batch_id: int) -> None:
+        """Cut a batch's file to half its bytes (a store that lost the end of a write)."""
+        path = f"{self._root}/{log_name}/{batch_id}"
+        with self._fs.open_input_stream(path) as stream:
+            data = stream.read()
+        with self._fs.open_output_stream(path) as out:
+            out.write(data[: len(data) // 2])
+
+    def delete(self, log_name: str, batch_id: int) -> None:
+        """Delete a batch's file and its checksum, as a lost write leaves no trace."""
+        self._fs.delete_file(f"{self._root}/{log_name}/{batch_id}")
+        checksum = f"{self._root}/{log_name}/{checksum_name(batch_id)}"
+        if self._fs.get_file_info(checksum).type != _missing():
+            self._fs.delete_file(checksum)
 
     def committed_offsets(self) -> dict[str, dict[str, int]]:
         """The Kafka end offsets of the newest committed batch ({} before any, or for a source

@@ -192,7 +192,7 @@ def _chaos(config: Config, args: argparse.Namespace) -> int:
     for flag, value in (("--cycles", args.cycles), ("--events", args.events)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    options = Options.of(args.quick, args.cycles, args.events, names, args.work, args.keep)
+    options = Options.of(args.quick, args.cycles, args.events, names, args.work, args.keep, args.s3)
     report = run_chaos(config, options)
     print()
     print((Path(report["folder"]) / "chaos.md").read_text(), end="")
@@ -471,8 +471,9 @@ def _parser() -> argparse.ArgumentParser:
                        "--quick 8,000)")  # fmt: skip
     chaos.add_argument(
         "--scenarios",
-        help="comma-separated: kill, checkpoint, broker, messy, "
-        "governance, retention (default: all; --quick: kill, checkpoint, broker, governance)",
+        help="comma-separated: kill, checkpoint, broker, messy, governance, retention, disk, s3 "
+        "(default: all this machine and lake can run; --quick: kill, checkpoint, broker, "
+        "governance)",
     )
     chaos.add_argument(
         "--work",
@@ -482,6 +483,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--keep", action="store_true", help="keep the run's lake, checkpoint and "
                        "broker data")  # fmt: skip
+    chaos.add_argument("--s3", action="store_true", help="the lake on the run's own S3 server "
+                       "(adds the s3 scenario: that server killed and restarted)")  # fmt: skip
     chaos.set_defaults(handler=_chaos)
 
     maintain = commands.add_parser(

@@ -3,10 +3,10 @@
 Input: Bronze rows (raw `value` bytes + Kafka coordinates). Output: the same rows with one typed
 column per contract field, `_format` (json | avro), `_schema_id`, and `_rejection`: null for a
 row that decoded, else struct(stage, rule_ids, reason). Stages here are `decode` (the bytes are
-not a message: empty, oversized, not UTF-8, not JSON, not an object, unknown frame, Avro body
-that does not fit its schema) and `schema` (a message of the wrong shape: unknown schema id, a
-field of the wrong type, a number that is not finite). Nothing is dropped: a rejected row keeps
-its raw bytes.
+not a message: empty, oversized, not UTF-8 or an escaped lone surrogate, not JSON, more JSON
+after the message, not an object, unknown frame, Avro body that does not fit its schema) and
+`schema` (a message of the wrong shape: unknown schema id, a field of the wrong type, a number
+that is not finite). Nothing is dropped: a rejected row keeps its raw bytes.
 
 JSON goes through Spark's VARIANT type, which keeps each token's JSON type, so `"battery": "high"`
 or `"session_id": 12345` is a wrong type rather than a silent cast. No per-row Python.
@@ -45,7 +45,14 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
     value = F.col("value")
     first_byte = F.when(F.length(value) > 0, F.hex(F.substring(value, 1, 1)))
     text = value.cast("string")
-    framed = bronze.withColumns(
+    # JSON is parsed inside brackets: Spark's parser stops after the first value, so the text
+    # `{...} {...}` (two messages run together) would pass as the first one. In brackets a
+    # second value is a second element, or a parse error.
+    wrapped = bronze.withColumn(
+        "_wrapped",
+        F.when(first_byte != "00", F.try_parse_json(F.concat(F.lit("["), text, F.lit("]")))),
+    )
+    framed = wrapped.withColumns(
         {
             "_first_byte": first_byte,
             "_format": F.when(first_byte == "00", F.lit("avro")).otherwise(F.lit("json")),
@@ -53,7 +60,8 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 (first_byte == "00") & (F.length(value) >= 5),
                 F.conv(F.hex(F.substring(value, 2, 4)), 16, 10).cast("int"),
             ),
-            "_variant": F.when(first_byte != "00", F.try_parse_json(text)),
+            "_variant": F.try_variant_get("_wrapped", "$[0]", "variant"),
+            "_trailing": F.try_variant_get("_wrapped", "$[1]", "variant").isNotNull(),
             **{
                 _avro_column(version): F.when(
                     first_byte == "00",
@@ -94,6 +102,8 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 _rejection("schema", "schema.not_finite", f"field '{name}' is not a finite number"),
             )
     return typed.withColumn("_rejection", rejection).drop(
+        "_wrapped",
+        "_trailing",
         "_variant",
         "_first_byte",
         *(_avro_column(v) for v in contract.versions),
@@ -172,6 +182,15 @@ def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
         )
         .when(~avro & ~F.is_valid_utf8(text), _rejection("decode", "decode.not_utf8", "not UTF-8"))
         .when(
+            # An escaped UTF-16 surrogate without its pair decodes to no character at all.
+            ~avro & (F.instr(text, "\\u") > 0) & text.rlike(_LONE_SURROGATE),
+            _rejection("decode", "decode.not_utf8", "an escaped lone UTF-16 surrogate"),
+        )
+        .when(
+            ~avro & F.col("_trailing"),
+            _rejection("decode", "decode.trailing_data", "more JSON after the message"),
+        )
+        .when(
             ~avro & F.col("_variant").isNull(), _rejection("decode", "decode.not_json", "not JSON")
         )
         .when(
@@ -183,6 +202,8 @@ def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
     )
 
 
+_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_LONE_SURROGATE = f"{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}"
 # Bytes that never start a JSON text: a binary frame with a magic byte this service does not know.
 _CONTROL_BYTES = [f"{b:02X}" for b in range(1, 32) if b not in (9, 10, 13)]
 

@@ -195,6 +195,14 @@ def _await(query: StreamingQuery) -> None:
     try:
         query.awaitTermination()
     except StreamingQueryException as exc:
+        if "No space left on device" in str(exc):
+            raise QueryError(
+                f"query {query.name} stopped: no space left on the device holding the lake or "
+                "its checkpoints",
+                query=query.name or "",
+                hint="free space or grow the volume, then run again: the checkpoint resumes "
+                "after the last committed batch",
+            ) from None
         first_line = str(exc).strip().splitlines()[0][:500]
         progress = query.lastProgress
         raise QueryError(

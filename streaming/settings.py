@@ -112,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("LAKEHOUSE_MAX_FILES_PER_TRIGGER", "stream.max_files_per_trigger", 1000, "int",
        "Bronze files per `run refine` micro-batch at most", minimum=1),
     _s("LAKEHOUSE_FAIL_ON_DATA_LOSS", "stream.fail_on_data_loss", True, "bool",
-       "stop when Kafka deleted offsets not yet read"),
+       "stop when Kafka deleted offsets not yet read (false: log their count and go on)"),
     _s("LAKEHOUSE_STARTING_OFFSETS", "stream.starting_offsets", "earliest", "text",
        "where a new query starts (earliest, latest or Spark's JSON of offsets)"),
     _s("LAKEHOUSE_METRICS_PORT", "metrics_port", 9464, "int",

@@ -20,6 +20,8 @@ from streaming.kafka import broker
 from streaming.kafka.admin import admin_client
 from streaming.pipeline import query_name
 from streaming.processes import alive
+from streaming.s3 import server as s3_server
+from streaming.tables import open_table
 
 if TYPE_CHECKING:
     from streaming.config import Config
@@ -82,9 +84,8 @@ class Broker:
     def add_partitions(self, topic: str, total: int) -> None:
         from confluent_kafka.admin import NewPartitions
 
-        futures = admin_client(self.config.kafka).create_partitions(
-            [NewPartitions(topic, total)], operation_timeout=30
-        )
+        admin = admin_client(self.config.kafka)  # held until the futures resolve
+        futures = admin.create_partitions([NewPartitions(topic, total)], operation_timeout=30)
         for future in futures.values():
             future.result()
 
@@ -100,9 +101,31 @@ class Broker:
             consumer.close()
         targets = [TopicPartition(topic, p, o) for p, o in offsets.items() if o > lows[p]]
         if targets:
-            for future in admin_client(self.config.kafka).delete_records(targets).values():
+            admin = admin_client(self.config.kafka)  # held until the futures resolve
+            for future in admin.delete_records(targets).values():
                 future.result()
         return sum(max(0, o - lows[p]) for p, o in offsets.items())
+
+
+class S3Server:
+    """The run's own S3 server (the local one's code in the work folder, on its own port)."""
+
+    def __init__(self, config: Config, bucket: str) -> None:
+        self.config = config
+        self.bucket = bucket
+
+    def start(self) -> None:
+        s3_server.start(self.config.s3_server, self.config.s3, self.config.jars_dir, [self.bucket])
+
+    def kill_9(self) -> None:
+        pid = s3_server.running_pid(self.config.s3_server)
+        if pid is None:
+            raise ChaosError("the chaos S3 server is not running")
+        os.killpg(pid, signal.SIGKILL)
+        wait_until(lambda: not alive(pid), "the killed S3 server to go", 30)
+
+    def stop(self) -> None:
+        s3_server.stop(self.config.s3_server)
 
 
 class Pipeline:
@@ -190,19 +213,7 @@ class Pipeline:
         return self.process.wait(timeout=timeout_s)
 
 
-def tear(checkpoint: Checkpoint, log_name: str, batch_id: int) -> None:
-    """Cut a checkpoint file to half its bytes (a store that lost the end of a write)."""
-    path = Path(checkpoint.location) / log_name / str(batch_id)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def delete(checkpoint: Checkpoint, log_name: str, batch_id: int) -> None:
-    (Path(checkpoint.location) / log_name / str(batch_id)).unlink()
-
-
 def table_version(config: Config, path: str) -> int:
-    """The newest version in a local table's Delta log (-1 before the table exists)."""
-    folder = Path(path) / "_delta_log"
-    versions = [int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()]
-    return max(versions, default=-1)
+    """The table's newest version, from its log (-1 before the table exists)."""
+    table = open_table(config, path)
+    return -1 if table is None else table.version()

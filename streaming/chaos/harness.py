@@ -10,8 +10,11 @@ import random
 import secrets
 import shutil
 import socket
+import subprocess
 import threading
 import time
+import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from streaming.catalog import RUN_HISTORY, TableRef
 from streaming.chaos import oracles, scenarios
-from streaming.chaos.faults import Broker, ChaosError, Pipeline, wait_until
+from streaming.chaos.faults import Broker, ChaosError, Pipeline, S3Server, wait_until
 from streaming.config import Config, load_config
+from streaming.errors import ConfigError
 from streaming.kafka.admin import create_topics
+from streaming.silver.query import check_inputs
 from streaming.simulator.producer import ProduceOptions, ProduceReport, run_producer
 from streaming.spark import SHORT_RUN_JVM
 from streaming.tables import open_table
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+S3_BUCKET = "chaos"
 
 
 @dataclass(frozen=True)
@@ -47,24 +53,45 @@ class Options:
     pause_s: float = 60.0
     crash_tables: tuple[str, ...] = ()
     keep: bool = False
+    volume_bytes: int = 8 << 30  # the size-limited folder of the disk scenario
+    max_offsets: int = 20_000  # per batch: the backlog a restart finds drains in few batches
+    before_commit: bool = True  # the checkpoint scenario's kill before a checkpoint commit
+    maintain_loop: bool = True  # governance: `maintain` every minute and a re-drive
+    s3: bool = False  # the lake and checkpoints on the run's own S3 server
 
     @classmethod
-    def of(cls, quick: bool, cycles: int | None, events: int | None,
-           names: list[str] | None, work: Path, keep: bool) -> Options:  # fmt: skip
+    def of(
+        cls, quick: bool, cycles: int | None, events: int | None,
+        names: list[str] | None, work: Path, keep: bool, s3: bool = False,
+    ) -> Options:  # fmt: skip
+        chosen = tuple(names or _runnable(s3, scenarios.QUICK if quick else scenarios.SCENARIOS))
+        for name in chosen:
+            if s3 and name in scenarios.LOCAL_ONLY:
+                raise ConfigError(f"the {name} scenario needs a local lake", hint="drop --s3")
+            if not s3 and name in scenarios.NEEDS_S3:
+                raise ConfigError(f"the {name} scenario needs the lake on S3", hint="add --s3")
         if quick:
             return cls(
-                scenarios=tuple(names or scenarios.QUICK), cycles=cycles or 2,
-                events=events or 4_000, work=work, rate=50.0, broker_down_s=5.0, pause_s=0.0,
-                keep=keep,
+                scenarios=chosen, cycles=cycles or 2, events=events or 2_000, work=work,
+                rate=20.0, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
+                before_commit=False, maintain_loop=False, keep=keep, s3=s3,
             )  # fmt: skip
         return cls(
-            scenarios=tuple(names or scenarios.SCENARIOS), cycles=cycles or 20,
-            events=events or 200_000, work=work,
+            scenarios=chosen, cycles=cycles or 20, events=events or 200_000, work=work,
             crash_tables=("bronze.telemetry", "silver.telemetry", "quarantine.bookings",
                           "silver.vehicle_state", "gold.demand_by_zone_hour",
                           "gold.customer_journeys"),
-            keep=keep,
+            keep=keep, s3=s3,
         )  # fmt: skip
+
+
+def _runnable(s3: bool, names: Iterable[str]) -> list[str]:
+    """The scenarios this machine and this lake can run."""
+    return [
+        n for n in names
+        if (n not in scenarios.NEEDS_ROOT or os.geteuid() == 0)
+        and (n not in scenarios.LOCAL_ONLY or not s3) and (n not in scenarios.NEEDS_S3 or s3)
+    ]  # fmt: skip
 
 
 @dataclass
@@ -139,14 +166,21 @@ class Run:
     def __init__(self, base: Config, options: Options) -> None:
         self.options = options
         self.rng = random.Random(options.seed)
-        self.folder = options.work / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        self.folder = (options.work / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%S}").resolve()
         self.logs = self.folder / "logs"
         self.logs.mkdir(parents=True)
+        # The lake and its checkpoints live on their own volume: a size-limited tmpfs when a
+        # scenario fills the disk, else a plain folder.
+        self.volume = self.folder / "volume"
+        self.volume.mkdir()
+        self.mounted = False
+        if set(options.scenarios) & set(scenarios.NEEDS_ROOT):
+            self._mount(options.volume_bytes)
         ports = [_free_port(), _free_port()]
         self.env = {
             **os.environ,
-            "LAKEHOUSE_ROOT": str(self.folder / "lakehouse"),
-            "LAKEHOUSE_CHECKPOINTS": str(self.folder / "checkpoints"),
+            "LAKEHOUSE_ROOT": str(self.volume / "lakehouse"),
+            "LAKEHOUSE_CHECKPOINTS": str(self.volume / "checkpoints"),
             "LAKEHOUSE_TOPIC_PREFIX": "chaos.",
             "LAKEHOUSE_METRICS_PORT": "0",
             "LAKEHOUSE_SPARK_LOG": str(self.logs / "spark.log"),
@@ -156,11 +190,23 @@ class Run:
             "LAKEHOUSE_KAFKA_HEAP": "512m",
             "KAFKA_BOOTSTRAP_SERVERS": "",
             "LAKEHOUSE_TRIGGER_INTERVAL": "1 second",
-            "LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER": "2000",
+            "LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER": str(options.max_offsets),
             "LAKEHOUSE_ERASE_GRACE_SECONDS": "10",
             # Every restart is a fresh JVM whose first batches are the slowest.
             "LAKEHOUSE_JVM_OPTIONS": os.environ.get("LAKEHOUSE_JVM_OPTIONS") or SHORT_RUN_JVM,
         }
+        self.s3: S3Server | None = None
+        if options.s3:
+            secret = secrets.token_hex(16)
+            port = _free_port()
+            self.env.update({
+                "LAKEHOUSE_S3_PORT": str(port), "LAKEHOUSE_S3_DIR": str(self.folder / "s3"),
+                "LAKEHOUSE_S3_ENDPOINT": f"http://127.0.0.1:{port}",
+                "AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_SESSION_TOKEN": "", "AWS_REGION": "us-east-1", "LAKEHOUSE_DELTA_LOG_STORE": "",
+                "LAKEHOUSE_ROOT": f"s3a://{S3_BUCKET}/lakehouse",
+                "LAKEHOUSE_CHECKPOINTS": f"s3a://{S3_BUCKET}/checkpoints",
+            })  # fmt: skip
         if base.pii_key is None:  # a throw-away lake: a random key unless one is configured
             self.env["LAKEHOUSE_PII_KEY"] = secrets.token_hex(24)
         for name in (
@@ -173,14 +219,43 @@ class Run:
         ):
             self.env.pop(name, None)  # fmt: skip
         self.config = load_config(self.env)
+        self.contracts = check_inputs(self.config).contracts
         self.broker = Broker(self.config)
+        if options.s3:
+            self.s3 = S3Server(self.config, S3_BUCKET)
         self.pipeline = Pipeline(self.config, self.env, self.logs)
         self.ledgers: list[Path] = []
         self.acked = 0
         self.skipped = 0
         self._spark: SparkSession | None = None
 
+    def _mount(self, size: int) -> None:
+        if os.geteuid() != 0:
+            raise ChaosError("the disk scenario mounts a size-limited folder (tmpfs): run as root, "
+                             "or leave it out with --scenarios")  # fmt: skip
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "chaos-volume", str(self.volume)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if mounted.returncode != 0:
+            raise ChaosError(f"could not mount a size-limited folder: {mounted.stderr.strip()}")
+        self.mounted = True
+
     # -- what scenarios use ----------------------------------------------------------------
+
+    def fill_volume(self) -> Path:
+        """Fill the lake's volume to its last 64 KB with a ballast file; the file."""
+        ballast = self.volume / "ballast"
+        free = shutil.disk_usage(self.volume).free
+        with ballast.open("wb") as out:
+            chunk = b"\0" * (1 << 20)
+            left = free - (64 << 10)
+            while left > 0:
+                try:
+                    left -= out.write(chunk[: min(len(chunk), left)])
+                except OSError:
+                    break
+        return ballast
 
     def events_for(self, scenario: str) -> int:
         """The kill scenario takes half the events; the others share the rest."""
@@ -195,12 +270,18 @@ class Run:
                 malformed: float = 0.05, late: float = 0.02,
                 duplicates: float = 0.03) -> Production:  # fmt: skip
         """A producer at the run's rate from now until the scenario joins it, and then until
-        it has sent `quota` events; its ledger joins the run's."""
+        it has sent `quota` events; its ledger joins the run's. A late event is 0.5 to 10 times
+        its entity's watermark late: some still in time, most not."""
+        lateness = {
+            entity: (contract.watermark_seconds * 0.5, contract.watermark_seconds * 10.0)
+            for entity, contract in self.contracts.items()
+        }
         ledger = self.folder / "ledgers" / f"{name}.ledger"
         self.ledgers.append(ledger)
         options = ProduceOptions(
             rate=self.options.rate, count=0, format=fmt, duplicates=duplicates,
             malformed=malformed, late=late, seed=self.rng.randrange(1 << 30), ledger=ledger,
+            lateness=lateness,
         )  # fmt: skip
         log_file = self.logs / f"produce-{name}.log"
         production = Production(self.config, only, options, log_file, quota)
@@ -286,9 +367,12 @@ class Run:
             wait_until(self.caught_up, "the pipeline to catch up", 900,
                        self.pipeline.require_running)  # fmt: skip
             found = oracles.tally(self.spark, self.config, self.ledgers, self.skipped)
-        except ChaosError as exc:
+        except Exception as exc:  # the scenario's failure is the report's row, not a trace
+            text = str(exc) if isinstance(exc, ChaosError) else f"{type(exc).__name__}: {exc}"
+            with (self.logs / "harness.log").open("a") as trace:  # details, off the screen
+                traceback.print_exc(file=trace)
             return Outcome(name, self.acked - acked_before, 0, 0, 0, 0, 0, [],
-                           time.monotonic() - started, error=str(exc))  # fmt: skip
+                           round(time.monotonic() - started, 1), error=text)  # fmt: skip
         return Outcome(
             scenario=name,
             events=self.acked - acked_before,
@@ -306,16 +390,20 @@ class Run:
     def close(self) -> None:
         if self.pipeline.running():
             self.pipeline.stop()
-        try:
-            self.broker.stop()
-        except Exception as exc:  # the report matters more than a clean broker stop
-            log.warning("the chaos broker did not stop: %s", exc)
+        for server in (self.broker, self.s3):
+            try:
+                if server is not None:
+                    server.stop()
+            except Exception as exc:  # the report matters more than a clean stop
+                log.warning("a chaos server did not stop: %s", exc)
         if self._spark is not None:
             self._spark.stop()
+        if self.mounted and not self.options.keep:
+            subprocess.run(["umount", str(self.volume)], capture_output=True, check=False)
         if not self.options.keep:
-            shutil.rmtree(self.folder / "lakehouse", ignore_errors=True)
-            shutil.rmtree(self.folder / "checkpoints", ignore_errors=True)
+            shutil.rmtree(self.volume, ignore_errors=True)
             shutil.rmtree(self.folder / "kafka", ignore_errors=True)
+            shutil.rmtree(self.folder / "s3", ignore_errors=True)
 
 
 def run_chaos(base: Config, options: Options, echo: Any = print) -> dict[str, Any]:
@@ -328,6 +416,8 @@ def run_chaos(base: Config, options: Options, echo: Any = print) -> dict[str, An
     started = time.monotonic()
     try:
         run.broker.start()
+        if run.s3 is not None:
+            run.s3.start()
         create_topics(run.config)
         for name in options.scenarios:
             outcome = run.scenario(name)

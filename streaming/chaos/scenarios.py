@@ -9,6 +9,7 @@ pipeline catch up and runs the oracles.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streaming.catalog import AUDIT_MAINTENANCE, RUN_HISTORY, TableRef
-from streaming.chaos.faults import LAKEHOUSE, ChaosError, delete, table_version, tear, wait_until
+from streaming.chaos.faults import LAKEHOUSE, ChaosError, table_version, wait_until
 from streaming.tables import open_table
 
 if TYPE_CHECKING:
@@ -56,13 +57,14 @@ def kill(run: Run) -> Injected:
 def checkpoint(run: Run) -> Injected:
     """Deterministic crash points, each followed by a restart:
 
-    - a torn last offset file: killed as soon as a batch's offset file appears (before any
-      table holds the batch), the file cut in half;
+    - a torn last offset file and a lost commit-log entry: killed as soon as batch N's offset
+      file appears (no table holds N yet), the file cut in half and batch N-1's commit entry
+      deleted. The restart sets the torn file aside and runs batch N-1 again over tables that
+      hold it;
     - after a table's commit: killed as soon as the table has a new version, in turn for each
       table of `crash_tables`;
-    - before the checkpoint's commit: killed as soon as the batch's run-history row is written
-      (the batch's last act), and the last commit-log entry (the batch before) deleted too: the
-      restart runs the batch again over tables that hold it.
+    - before the checkpoint's commit (with `before_commit`): killed as soon as the batch's
+      run-history row is written, the batch's last act before Spark commits it.
     """
     done = Injected()
     production = run.produce("checkpoint", run.events_for("checkpoint"))
@@ -71,20 +73,19 @@ def checkpoint(run: Run) -> Injected:
         pipeline.start()
     pipeline.wait_commit(pipeline.commits())
 
-    # a torn last offset file
     before = pipeline.offsets()
     wait_until(lambda: pipeline.offsets() > before, "a new offset file", 120,
                pipeline.require_running)  # fmt: skip
     pipeline.kill_9()
-    torn = pipeline.offsets()
-    if torn in pipeline.checkpoint.batches("commits"):
+    torn, last = pipeline.offsets(), pipeline.commits()
+    if last >= torn:
         raise ChaosError(f"batch {torn} committed before the kill landed")
-    tear(pipeline.checkpoint, "offsets", torn)
-    done.add(run.restart_and_commit(), f"offsets/{torn} torn")
+    pipeline.checkpoint.tear("offsets", torn)
+    pipeline.checkpoint.delete("commits", last)
+    done.add(run.restart_and_commit(), f"offsets/{torn} torn and commits/{last} deleted")
     if "was torn" not in pipeline.log_file.read_text(errors="replace"):
         raise ChaosError("the restart did not report the torn offset file")
 
-    # after each chosen table's commit
     for name in run.options.crash_tables:
         layer, _, table = name.partition(".")
         path = run.config.table_path(layer, table)
@@ -94,19 +95,17 @@ def checkpoint(run: Run) -> Injected:
         pipeline.kill_9()
         done.add(run.restart_and_commit(), f"killed after a commit to {name}")
 
-    # before the checkpoint's commit, and the last commit-log entry lost
-    history = TableRef(*RUN_HISTORY).path(run.config)
-    version = table_version(run.config, history)
-    wait_until(lambda: table_version(run.config, history) > version, "a run-history row", 180,
-               pipeline.require_running)  # fmt: skip
-    pipeline.kill_9()
-    uncommitted = pipeline.offsets()
-    last = pipeline.commits()
-    if last >= uncommitted:
-        raise ChaosError(f"batch {uncommitted} committed before the kill landed")
-    delete(pipeline.checkpoint, "commits", last)
-    done.add(run.restart_and_commit(), f"killed after batch {uncommitted}'s last write, before "
-             f"its checkpoint commit; commits/{last} deleted as well")  # fmt: skip
+    if run.options.before_commit:
+        history = TableRef(*RUN_HISTORY).path(run.config)
+        version = table_version(run.config, history)
+        wait_until(lambda: table_version(run.config, history) > version, "a run-history row",
+                   180, pipeline.require_running)  # fmt: skip
+        pipeline.kill_9()
+        uncommitted = pipeline.offsets()
+        if pipeline.commits() >= uncommitted:
+            raise ChaosError(f"batch {uncommitted} committed before the kill landed")
+        done.add(run.restart_and_commit(), f"killed after batch {uncommitted}'s last write, "
+                 "before its checkpoint commit")  # fmt: skip
     production.join()
     return done
 
@@ -118,8 +117,8 @@ def broker(run: Run) -> Injected:
     pipeline, chaos_broker = run.pipeline, run.broker
     if not pipeline.running():
         pipeline.start()
-    pipeline.wait_commit(pipeline.commits())
     production = run.produce("broker", run.events_for("broker") // 2)
+    pipeline.wait_commit(pipeline.commits())
 
     time.sleep(run.rng.uniform(1.0, 4.0))
     chaos_broker.kill_9()
@@ -139,9 +138,9 @@ def broker(run: Run) -> Injected:
     # A new producer learns the new partitions at once (a running one within its metadata
     # refresh); the Kafka source finds them at its next batch.
     second = run.produce("broker-partitions", run.events_for("broker") // 2)
-    second.join()
     done.add(run.recovered(), f"{topic.name}: {topic.partitions} -> {topic.partitions + 2} "
              "partitions")  # fmt: skip
+    second.join()
     return done
 
 
@@ -196,16 +195,19 @@ def messy(run: Run) -> Injected:
 
 
 def governance(run: Run) -> Injected:
-    """Maintenance (compaction) and an erasure beside the running stream; a re-drive while the
-    stream holds Silver is refused with the holder's name."""
+    """Maintenance and an erasure beside the running stream; a re-drive while the stream holds
+    Silver is refused with the holder's name. The full run keeps `maintain` running (OPTIMIZE
+    every minute, VACUUM) and re-drives the quarantined telemetry once the stream is stopped."""
     done = Injected()
     pipeline = run.pipeline
     if not pipeline.running():
         pipeline.start()
     production = run.produce("governance", run.events_for("governance"))
     pipeline.wait_commit(pipeline.commits())
+    looping = run.options.maintain_loop
     maintain = subprocess.Popen(
-        [*LAKEHOUSE, "maintain", "--once", "--no-vacuum"], env=run.env,
+        [*LAKEHOUSE, "maintain", *([] if looping else ["--once", "--no-vacuum"])],
+        env={**run.env, "LAKEHOUSE_MAINTAIN_INTERVAL": "60"},
         stdout=(run.logs / "maintain.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     refused = _lakehouse(run, "redrive", "telemetry")
@@ -225,15 +227,79 @@ def governance(run: Run) -> Injected:
         raise ChaosError(f"the erasure was not applied by the stream: {written['applied_by']}")
     done.add(None, f"erasure of user {user}: {written['tombstones']} records, applied by the "
              "running stream, proof scan clean")  # fmt: skip
+    if looping:
+        wait_until(lambda: _maintenance_runs(run) >= 2, "two maintenance passes", 900)
+        maintain.send_signal(signal.SIGTERM)
     if maintain.wait(timeout=900) != 0:
         raise ChaosError("maintenance beside the stream failed: see maintain.log")
     compacted = _compactions(run)
     if not compacted:
         raise ChaosError("maintenance beside the stream compacted nothing")
-    done.add(None, f"maintain --once beside the stream: {compacted} tables compacted")
+    passes = f"{_maintenance_runs(run)} passes of maintain (OPTIMIZE, VACUUM)" if looping else (
+        "maintain --once")  # fmt: skip
+    done.add(None, f"{passes} beside the stream: {compacted} compactions")
     done.add(None, "a re-drive beside the stream refused: " + refused.stderr.strip()[:160])
     production.join()
+    if looping:
+        wait_until(run.caught_up, "the pipeline to catch up", 900, pipeline.require_running)
+        pipeline.stop()
+        redriven = _lakehouse(run, "redrive", "telemetry", "--json", timeout=900)
+        if redriven.returncode != 0:
+            raise ChaosError("the re-drive failed: " + redriven.stderr.strip()[-500:])
+        report = json.loads(redriven.stdout)
+        done.add(None, f"re-drive of quarantined telemetry with the stream stopped: "
+                 f"{report.get('selected', report)} rows judged again")  # fmt: skip
+        pipeline.start()
     return done
+
+
+def disk(run: Run) -> Injected:
+    """The disk under the lake and its checkpoints fills up (a size-limited folder, filled with
+    a ballast file while events flow): the pipeline must stop with a clear error; once the
+    space is back, a restart resumes with nothing lost."""
+    done = Injected()
+    pipeline = run.pipeline
+    if not pipeline.running():
+        pipeline.start()
+    production = run.produce("disk", run.events_for("disk"))
+    pipeline.wait_commit(pipeline.commits())
+    ballast = run.fill_volume()
+    try:
+        code = pipeline.wait_exit(600)
+    finally:
+        ballast.unlink()
+    text = pipeline.log_file.read_text(errors="replace")
+    if code == 0 or "no space left on the device" not in text:
+        raise ChaosError(f"a full disk did not stop the pipeline clearly: {pipeline.tail()}")
+    done.add(run.restart_and_commit(), "the volume filled: stopped with 'no space left on the "
+             "device', resumed once space was back")  # fmt: skip
+    production.join()
+    return done
+
+
+def s3(run: Run) -> Injected:
+    """The S3 server under the lake killed -9 and restarted while events flow (with --s3)."""
+    done = Injected()
+    if run.s3 is None:
+        raise ChaosError("the s3 scenario needs the lake on S3: run with --s3")
+    pipeline = run.pipeline
+    if not pipeline.running():
+        pipeline.start()
+    production = run.produce("s3", run.events_for("s3"))
+    pipeline.wait_commit(pipeline.commits())
+    time.sleep(run.rng.uniform(1.0, 4.0))
+    run.s3.kill_9()
+    time.sleep(run.options.broker_down_s)
+    run.s3.start()
+    done.add(run.recovered(), f"S3 server killed -9, down {run.options.broker_down_s:.0f} s")
+    production.join()
+    return done
+
+
+def _maintenance_runs(run: Run) -> int:
+    """Passes of `maintain` recorded in the maintenance audit (one append per pass)."""
+    table = open_table(run.config, TableRef(*AUDIT_MAINTENANCE).path(run.config))
+    return 0 if table is None else sum(1 for c in table.history() if c["operation"] == "WRITE")
 
 
 def _compactions(run: Run) -> int:
@@ -257,5 +323,10 @@ SCENARIOS: dict[str, Callable[[Run], Injected]] = {
     "messy": messy,
     "governance": governance,
     "retention": retention,
+    "disk": disk,
+    "s3": s3,
 }
+NEEDS_ROOT = ("disk",)  # a size-limited folder is a tmpfs mount
+LOCAL_ONLY = ("disk",)  # fills a local volume: not with --s3
+NEEDS_S3 = ("s3",)
 QUICK = ("kill", "checkpoint", "broker", "governance")

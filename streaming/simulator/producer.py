@@ -46,6 +46,7 @@ class ProduceOptions:
     seed: int = 42
     ledger: Path | None = None
     vehicles: int = 50_000
+    lateness: dict[str, tuple[float, float]] | None = None  # per entity, seconds (low, high)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def run_producer(
         late=options.late,
         seed=options.seed,
         vehicles=options.vehicles,
+        lateness=options.lateness,
     )
     tracker = _Tracker(options.ledger)
     sender = _Sender(producer, topics, CONTENT_TYPE[options.format], tracker)

@@ -67,7 +67,10 @@ class MessageStream:
         seed: int = 42,
         vehicles: int = 50_000,
         schemas: dict[str, MessageSchema] | None = None,
+        lateness: dict[str, tuple[float, float]] | None = None,
     ) -> None:
+        """`lateness`: per entity, how far (seconds, low and high) a late event's time moves
+        back; 1 to 48 hours where not given."""
         self.entities: tuple[str, ...] = SIMULATED if entity == "all" else (entity,)
         self.fmt = fmt
         self.thresholds = (duplicates, duplicates + malformed, duplicates + malformed + late)
@@ -77,6 +80,7 @@ class MessageStream:
         self._recent: dict[str, list[Message]] = {e: [] for e in self.entities}
         self._malformed_turn: dict[str, int] = dict.fromkeys(self.entities, 0)
         self._encoders = {e: self._encoder(e) for e in self.entities}
+        self.lateness = lateness or {}
 
     def _encoder(self, entity: str) -> Callable[[Record], bytes]:
         if self.fmt == "json":
@@ -130,7 +134,8 @@ class MessageStream:
 
     def _make_late(self, entity: str, record: Record) -> Record:
         field = TIMESTAMP_FIELD[entity]
-        delay_ms = int(self.rng.integers(LATE_MIN_S * 1000, LATE_MAX_S * 1000))
+        low, high = self.lateness.get(entity, (LATE_MIN_S, LATE_MAX_S))
+        delay_ms = int(self.rng.integers(int(low * 1000), int(high * 1000)))
         return {**record, field: record[field] - timedelta(milliseconds=delay_ms)}
 
     def _malformed(self, entity: str, key: bytes, record: Record) -> Message:

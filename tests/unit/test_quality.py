@@ -350,3 +350,33 @@ def test_a_json_value_is_a_message_only_when_it_is_an_object(spark: SparkSession
         *[("decode", ["decode.not_an_object"])] * 4,
         ("decode", ["decode.not_json"]),
     ]
+
+
+def test_text_a_lenient_parser_would_take_is_rejected(spark: SparkSession) -> None:
+    contract = load_contracts()["telemetry"]
+    at = datetime(2026, 1, 15, 8, 30, tzinfo=UTC)
+    good = _telemetry("AB000001", 50, at)
+    paired = _telemetry("AB000002", 50, at, note="ok \\ud83d\\ude00").replace(b"\\\\", b"\\")
+    payloads = [
+        paired,  # an escaped surrogate pair is a character
+        good + b"," + good,  # two messages run together
+        good + b" " + good,
+        _telemetry("AB000003", 50, at, note="x \\ud800 y").replace(b"\\\\", b"\\"),
+        good[:-1] + b',"reading":NaN}',
+        good[:-1] + b',"nested":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        good.replace(b'"battery_level": 50', b'"battery_level": 1e400'),
+    ]
+    rows = (
+        validate(_bronze(spark, payloads), contract)
+        .select("_rejection.stage", "_rejection.rule_ids")
+        .collect()
+    )
+    assert [(row.stage, row.rule_ids) for row in rows] == [
+        (None, None),
+        ("decode", ["decode.trailing_data"]),
+        ("decode", ["decode.not_json"]),
+        ("decode", ["decode.not_utf8"]),
+        ("decode", ["decode.not_json"]),
+        ("decode", ["decode.not_json"]),
+        ("schema", ["schema.not_finite"]),
+    ]
