@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 PROJECT = Path(__file__).resolve().parent.parent
+LONG_TEST_S = 30.0  # an end-to-end or slow test without a `seconds` mark
 # pandas-on-Spark asks for this before any Spark session starts (pyarrow timestamps).
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
@@ -128,22 +129,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def weight(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
 
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("seconds")
+        return float(marker.args[0]) if marker else LONG_TEST_S if weight(item) < 2 else 2.0
+
     items.sort(key=weight)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2:
         return
     # Long tests dealt a module at a time (a module's fixtures, such as the dashboard's lake,
-    # are built once per worker), short ones filling each block to its even share.
+    # are built once per worker), the longest module first to the least loaded worker; then
+    # the short tests one by one the same way.
     modules: dict[str, list[pytest.Item]] = {}
     for item in (i for i in items if weight(i) < 2):
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
     blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    for n, module in enumerate(modules.values()):
-        blocks[n % workers] += module
-    short = [i for i in items if weight(i) == 2]
-    for n, block in enumerate(blocks[:-1]):
-        take = max(0, (len(items) * (n + 1)) // workers - sum(map(len, blocks[: n + 1])))
-        block += short[:take]
-        short = short[take:]
-    blocks[-1] += short
+    load = [0.0] * workers
+    for module in sorted(modules.values(), key=lambda m: -sum(map(seconds, m))):
+        n = load.index(min(load))
+        blocks[n] += module
+        load[n] += sum(map(seconds, module))
+    for item in (i for i in items if weight(i) == 2):
+        n = load.index(min(load))
+        blocks[n].append(item)
+        load[n] += seconds(item)
     items[:] = [item for block in blocks for item in block]

@@ -46,18 +46,20 @@ class Options:
     cycles: int
     events: int
     work: Path
-    rate: float = 200.0  # events per second while a scenario runs
+    rate: float = 100.0  # events per second while a scenario runs
     seed: int = 7
     jitter_s: float = 6.0
     broker_down_s: float = 30.0
     pause_s: float = 60.0
     crash_tables: tuple[str, ...] = ()
     keep: bool = False
-    volume_bytes: int = 8 << 30  # the size-limited folder of the disk scenario
+    volume_bytes: int = 3 << 30  # the size-limited folder (RAM: a tmpfs) of the disk scenario
     max_offsets: int = 20_000  # per batch: the backlog a restart finds drains in few batches
     before_commit: bool = True  # the checkpoint scenario's kill before a checkpoint commit
     maintain_loop: bool = True  # governance: `maintain` every minute and a re-drive
     s3: bool = False  # the lake and checkpoints on the run's own S3 server
+    kill_window: tuple[float, float] | None = None  # kill at once, this many seconds after start
+    add_partitions: bool = True  # the broker scenario adds partitions to a topic
 
     @classmethod
     def of(
@@ -75,6 +77,7 @@ class Options:
                 scenarios=chosen, cycles=cycles or 2, events=events or 2_000, work=work,
                 rate=20.0, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
                 before_commit=False, maintain_loop=False, keep=keep, s3=s3,
+                kill_window=(5.0, 45.0), add_partitions=False,
             )  # fmt: skip
         return cls(
             scenarios=chosen, cycles=cycles or 20, events=events or 200_000, work=work,
@@ -460,7 +463,8 @@ def _line(o: Outcome) -> str:
     if o.error:
         return f"{o.scenario}: FAILED: {o.error}"
     recovery = f"recovery max {max(o.recovery_s):.1f} s" if o.recovery_s else "no recovery"
-    return (f"{o.scenario}: {o.events:,} events, {o.faults} faults, lost {o.lost}, duplicated "
+    faults = f"{o.faults} fault" + ("" if o.faults == 1 else "s")
+    return (f"{o.scenario}: {o.events:,} events, {faults}, lost {o.lost}, duplicated "
             f"{o.duplicated}, unexpected {o.unexpected}, wrong Gold rows {o.gold_wrong}, "
             f"{recovery} ({o.seconds:.0f} s)")  # fmt: skip
 

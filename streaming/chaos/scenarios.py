@@ -41,17 +41,25 @@ class Injected:
 
 
 def kill(run: Run) -> Injected:
-    """kill -9 of the pipeline's process group at random moments, `cycles` times. A kill's
-    recovery: the restart's seconds to its first committed batch."""
+    """kill -9 of the pipeline's process group at random moments, `cycles` times: a random
+    moment after the restart's first committed batch (each kill's recovery: the restart's
+    seconds to that batch), or with `kill_window` a random moment that many seconds after the
+    start, wherever the restart is (starting, building, in its first batch)."""
     production = run.produce("kill", run.events_for("kill"))
     to_first_batch = []
     for _ in range(run.options.cycles):
         if not run.pipeline.running():
             run.pipeline.start()
-        to_first_batch.append(run.pipeline.kill_9_at_random(run.rng, run.options.jitter_s))
+        if run.options.kill_window:
+            time.sleep(run.rng.uniform(*run.options.kill_window))
+            run.pipeline.require_running()
+            run.pipeline.kill_9()
+        else:
+            to_first_batch.append(run.pipeline.kill_9_at_random(run.rng, run.options.jitter_s))
     production.join()
     to_first_batch.append(run.restart_and_commit())
-    return Injected(run.options.cycles, to_first_batch[1:], [])
+    recovery = to_first_batch[-1:] if run.options.kill_window else to_first_batch[1:]
+    return Injected(run.options.cycles, recovery, [])
 
 
 def checkpoint(run: Run) -> Injected:
@@ -133,6 +141,8 @@ def broker(run: Run) -> Injected:
         done.add(run.recovered(), f"broker paused {run.options.pause_s:.0f} s")
     production.join()
 
+    if not run.options.add_partitions:
+        return done
     topic = run.config.topic("telemetry")
     chaos_broker.add_partitions(topic.name, topic.partitions + 2)
     # A new producer learns the new partitions at once (a running one within its metadata
@@ -206,7 +216,8 @@ def governance(run: Run) -> Injected:
     pipeline.wait_commit(pipeline.commits())
     looping = run.options.maintain_loop
     maintain = subprocess.Popen(
-        [*LAKEHOUSE, "maintain", *([] if looping else ["--once", "--no-vacuum"])],
+        [*LAKEHOUSE, "maintain",
+         *([] if looping else ["--once", "--no-vacuum", "--tables", "silver.*,gold.*"])],
         env={**run.env, "LAKEHOUSE_MAINTAIN_INTERVAL": "60"},
         stdout=(run.logs / "maintain.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -214,6 +225,11 @@ def governance(run: Run) -> Injected:
     if refused.returncode == 0 or "error:" not in refused.stderr:
         raise ChaosError("a re-drive beside the running stream was not refused: "
                          + refused.stdout[-300:] + refused.stderr[-300:])  # fmt: skip
+    # An erasure covers what the lake holds when it is asked for: the person's records still
+    # in Kafka, or sent later (the simulator's users keep using the app), are not in it. So
+    # the producer stops and the stream catches up first; the stream keeps running.
+    production.join()
+    wait_until(run.caught_up, "the pipeline to catch up", 900, pipeline.require_running)
     user = run.busiest_user()
     receipt = run.logs / "erasure-receipt.json"
     erased = _lakehouse(run, "erase", "--user-id", user, "--receipt", str(receipt), timeout=900)
@@ -239,7 +255,6 @@ def governance(run: Run) -> Injected:
         "maintain --once")  # fmt: skip
     done.add(None, f"{passes} beside the stream: {compacted} compactions")
     done.add(None, "a re-drive beside the stream refused: " + refused.stderr.strip()[:160])
-    production.join()
     if looping:
         wait_until(run.caught_up, "the pipeline to catch up", 900, pipeline.require_running)
         pipeline.stop()
