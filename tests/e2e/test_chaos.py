@@ -123,13 +123,14 @@ def _placements(spark: SparkSession, config):
 
 
 @pytest.mark.seconds(600)
+@pytest.mark.timeout(1800)
 def test_chaos_quick_loses_doubles_and_corrupts_nothing_and_every_kind_lands_in_place(
     tmp_path: Path, spark: SparkSession
 ) -> None:
     env = {**os.environ, "LAKEHOUSE_PII_KEY": "chaos-test-pii-key-0123456789abcdef"}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     result = lakehouse("chaos", "--quick", "--work", str(tmp_path), "--keep", env=env,
-                       timeout=1500)  # fmt: skip
+                       timeout=1700)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     report = json.loads(next(tmp_path.glob("chaos-*/chaos.json")).read_text())
