@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -193,6 +194,8 @@ def _chaos(config: Config, args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     options = Options.of(args.quick, args.cycles, args.events, names, args.work, args.keep, args.s3)
+    # SIGTERM unwinds like Ctrl-C: the run's pipeline, broker and S3 server are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run_chaos(config, options)
     print()
     print((Path(report["folder"]) / "chaos.md").read_text(), end="")
@@ -206,7 +209,6 @@ def _chaos(config: Config, args: argparse.Namespace) -> int:
 
 
 def _maintain(config: Config, args: argparse.Namespace) -> int:
-    import signal
     import threading
 
     from streaming.maintain import maintain, tables_named

@@ -51,10 +51,25 @@ def package_zip(folder: Path) -> Path:
 def lakehouse(
     *args: str, env: dict[str, str], timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """Run the `lakehouse` command as a user would, capturing its output."""
-    return subprocess.run(
-        [*LAKEHOUSE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    """Run the `lakehouse` command as a user would, capturing its output. Past `timeout` it gets
+    SIGTERM (a command stops the processes it started), SIGKILL a minute later, and the test
+    fails with the end of its output."""
+    with subprocess.Popen(
+        [*LAKEHOUSE, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            raise AssertionError(
+                f"lakehouse {' '.join(args)} ran over {timeout:.0f} s:\n{out[-3000:]}{err[-3000:]}"
+            ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def broken_payloads() -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:

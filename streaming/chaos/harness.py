@@ -47,6 +47,7 @@ class Options:
     events: int
     work: Path
     rate: float = 100.0  # events per second while a scenario runs
+    malformed: float = 0.05  # the share of malformed events a scenario sends by default
     seed: int = 7
     jitter_s: float = 6.0
     broker_down_s: float = 30.0
@@ -74,8 +75,8 @@ class Options:
                 raise ConfigError(f"the {name} scenario needs the lake on S3", hint="add --s3")
         if quick:
             return cls(
-                scenarios=chosen, cycles=cycles or 2, events=events or 2_000, work=work,
-                rate=20.0, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
+                scenarios=chosen, cycles=cycles or 1, events=events or 3_000, work=work,
+                rate=40.0, malformed=0.3, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
                 before_commit=False, maintain_loop=False, keep=keep, s3=s3,
                 kill_window=(5.0, 45.0), add_partitions=False,
             )  # fmt: skip
@@ -230,6 +231,7 @@ class Run:
         self.ledgers: list[Path] = []
         self.acked = 0
         self.skipped = 0
+        self.malformed_turns: dict[str, int] = {}  # where each entity's malformed kinds stopped
         self._spark: SparkSession | None = None
 
     def _mount(self, size: int) -> None:
@@ -270,11 +272,12 @@ class Run:
         return max(100, share // max(1, len(others)))
 
     def produce(self, name: str, quota: int, fmt: str = "json", only: str = "all",
-                malformed: float = 0.05, late: float = 0.02,
+                malformed: float | None = None, late: float = 0.02,
                 duplicates: float = 0.03) -> Production:  # fmt: skip
         """A producer at the run's rate from now until the scenario joins it, and then until
         it has sent `quota` events; its ledger joins the run's. A late event is 0.5 to 10 times
-        its entity's watermark late: some still in time, most not."""
+        its entity's watermark late: some still in time, most not. Each entity's malformed
+        kinds go round where the last production left them, so the run sends every kind."""
         lateness = {
             entity: (contract.watermark_seconds * 0.5, contract.watermark_seconds * 10.0)
             for entity, contract in self.contracts.items()
@@ -283,8 +286,9 @@ class Run:
         self.ledgers.append(ledger)
         options = ProduceOptions(
             rate=self.options.rate, count=0, format=fmt, duplicates=duplicates,
-            malformed=malformed, late=late, seed=self.rng.randrange(1 << 30), ledger=ledger,
-            lateness=lateness,
+            malformed=self.options.malformed if malformed is None else malformed, late=late,
+            seed=self.rng.randrange(1 << 30), ledger=ledger, lateness=lateness,
+            malformed_turns=dict(self.malformed_turns),
         )  # fmt: skip
         log_file = self.logs / f"produce-{name}.log"
         production = Production(self.config, only, options, log_file, quota)
@@ -293,6 +297,8 @@ class Run:
         def join() -> int:
             acked = original()
             self.acked += acked
+            assert production.report is not None
+            self.malformed_turns = production.report.malformed_turns
             return acked
 
         production.join = join  # type: ignore[method-assign]
@@ -412,8 +418,9 @@ class Run:
 def run_chaos(base: Config, options: Options, echo: Any = print) -> dict[str, Any]:
     """Every chosen scenario in turn, then the oracles' proofs; the report."""
     run = Run(base, options)
-    echo(f"chaos: {', '.join(options.scenarios)}; {options.events:,} events, "
-         f"{options.cycles} kill cycles; work folder {run.folder}")  # fmt: skip
+    cycles = f"{options.cycles} kill cycle" + ("" if options.cycles == 1 else "s")
+    echo(f"chaos: {', '.join(options.scenarios)}; {options.events:,} events, {cycles}; "
+         f"work folder {run.folder}")  # fmt: skip
     outcomes: list[Outcome] = []
     proofs: list[oracles.Proof] = []
     started = time.monotonic()

@@ -344,4 +344,4 @@ SCENARIOS: dict[str, Callable[[Run], Injected]] = {
 NEEDS_ROOT = ("disk",)  # a size-limited folder is a tmpfs mount
 LOCAL_ONLY = ("disk",)  # fills a local volume: not with --s3
 NEEDS_S3 = ("s3",)
-QUICK = ("kill", "checkpoint", "broker", "governance")
+QUICK = ("kill", "checkpoint")  # what the test suite runs: every oracle, every malformed kind

@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,6 +47,7 @@ class ProduceOptions:
     ledger: Path | None = None
     vehicles: int = 50_000
     lateness: dict[str, tuple[float, float]] | None = None  # per entity, seconds (low, high)
+    malformed_turns: dict[str, int] | None = None  # per entity, where the kinds' rotation starts
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ProduceReport:
     elapsed_s: float = 0.0
     rate: float = 0.0  # acknowledged messages per second
     first_error: str | None = None
+    malformed_turns: dict[str, int] = field(default_factory=dict)  # where the rotation stopped
 
 
 def validate_options(entity: str, options: ProduceOptions) -> None:
@@ -109,6 +111,7 @@ def run_producer(
         seed=options.seed,
         vehicles=options.vehicles,
         lateness=options.lateness,
+        malformed_turns=options.malformed_turns,
     )
     tracker = _Tracker(options.ledger)
     sender = _Sender(producer, topics, CONTENT_TYPE[options.format], tracker)
@@ -119,7 +122,7 @@ def run_producer(
     finally:
         _drain(producer)
         tracker.close()
-    report = tracker.report()
+    report = replace(tracker.report(), malformed_turns=stream.malformed_turns)
     progress.write(_summary(entity, report) + "\n")
     return report
 

@@ -68,9 +68,12 @@ class MessageStream:
         vehicles: int = 50_000,
         schemas: dict[str, MessageSchema] | None = None,
         lateness: dict[str, tuple[float, float]] | None = None,
+        malformed_turns: dict[str, int] | None = None,
     ) -> None:
         """`lateness`: per entity, how far (seconds, low and high) a late event's time moves
-        back; 1 to 48 hours where not given."""
+        back; 1 to 48 hours where not given. `malformed_turns`: per entity, where the rotation
+        through its malformed kinds starts (another stream's `malformed_turns`, to go on where
+        it stopped)."""
         self.entities: tuple[str, ...] = SIMULATED if entity == "all" else (entity,)
         self.fmt = fmt
         self.thresholds = (duplicates, duplicates + malformed, duplicates + malformed + late)
@@ -78,7 +81,9 @@ class MessageStream:
         self.rng = np.random.default_rng([seed, 1])
         self.schemas = schemas or load_schemas()
         self._recent: dict[str, list[Message]] = {e: [] for e in self.entities}
-        self._malformed_turn: dict[str, int] = dict.fromkeys(self.entities, 0)
+        self.malformed_turns: dict[str, int] = {
+            e: (malformed_turns or {}).get(e, 0) for e in self.entities
+        }
         self._encoders = {e: self._encoder(e) for e in self.entities}
         self.lateness = lateness or {}
 
@@ -141,8 +146,8 @@ class MessageStream:
     def _malformed(self, entity: str, key: bytes, record: Record) -> Message:
         """Kinds are taken round-robin so every kind shows up even in short runs."""
         kinds = kinds_for(entity)
-        kind = kinds[self._malformed_turn[entity] % len(kinds)]
-        self._malformed_turn[entity] += 1
+        kind = kinds[self.malformed_turns[entity] % len(kinds)]
+        self.malformed_turns[entity] += 1
         value = corrupt(kind, entity, record, self.schemas[entity], self.fmt, self.rng)
         return Message(entity, key, value, kind)
 

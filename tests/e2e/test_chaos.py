@@ -1,8 +1,7 @@
-"""`lakehouse chaos --quick` as a user runs it: the real pipeline killed -9 at random moments,
-a torn offset file with a lost commit-log entry, the broker killed and restarted, maintenance
-and an erasure beside the stream. After each scenario every oracle holds, and each oracle fails
-on an injected dropped and doubled row. Then, on the run's kept lake, every kind of record the
-producers sent is where it belongs."""
+"""`lakehouse chaos --quick` as a user runs it: the real pipeline killed -9 at a random moment,
+a torn offset file with a lost commit-log entry, a third of the events malformed. After each
+scenario every oracle holds, and each oracle fails on an injected dropped and doubled row.
+Then, on the run's kept lake, every kind of record the producers sent is where it belongs."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from streaming.catalog import TOMBSTONES, TableRef
 from streaming.config import load_config
 from streaming.simulator import SIMULATED
 from streaming.simulator.malformed import MALFORMED_KINDS, PRIMARY_ID
@@ -122,7 +120,7 @@ def _placements(spark: SparkSession, config):
     return placed
 
 
-@pytest.mark.seconds(600)
+@pytest.mark.seconds(500)
 @pytest.mark.timeout(1800)
 def test_chaos_quick_loses_doubles_and_corrupts_nothing_and_every_kind_lands_in_place(
     tmp_path: Path, spark: SparkSession
@@ -136,28 +134,25 @@ def test_chaos_quick_loses_doubles_and_corrupts_nothing_and_every_kind_lands_in_
     report = json.loads(next(tmp_path.glob("chaos-*/chaos.json")).read_text())
     assert report["ok"]
     outcomes = {o["scenario"]: o for o in report["scenarios"]}
-    assert list(outcomes) == ["kill", "checkpoint", "broker", "governance"]
+    assert list(outcomes) == ["kill", "checkpoint"]
     for name, outcome in outcomes.items():
         assert outcome["events"] > 0 and outcome["faults"] > 0, outcome
         counts = [outcome[k] for k in ("lost", "duplicated", "unexpected", "gold_wrong")]
         assert counts == [0, 0, 0, 0] and outcome["violations"] == [], (name, outcome)
-    assert outcomes["kill"]["faults"] == 2 and len(outcomes["kill"]["recovery_s"]) == 1
+    assert outcomes["kill"]["faults"] == 1 and len(outcomes["kill"]["recovery_s"]) == 1
     notes = " ".join(outcomes["checkpoint"]["notes"])
     assert "torn" in notes and "deleted" in notes
-    assert any("applied by the running stream" in n for n in outcomes["governance"]["notes"])
     proofs = report["proofs"]
     assert len(proofs) == 6 and all(p["failed"] for p in proofs), proofs
     assert "| kill |" in result.stdout and "recovery" in result.stdout
 
     config = load_config(report["lake"])
     placed = _placements(spark, config)
-    tombstoned = spark.read.format("delta").load(TableRef(*TOMBSTONES).path(config))
     rows = (
         read_ledgers(spark, [Path(p) for p in report["ledgers"]])
         .withColumnRenamed("topic", "_kafka_topic")
         .withColumnRenamed("partition", "_kafka_partition")
         .withColumnRenamed("offset", "_kafka_offset")
-        .join(tombstoned.select(*COORDS), COORDS, "left_anti")  # erased: nowhere
         .join(placed, COORDS, "left")
         .groupBy("_kafka_topic", "kind", "place", "stage", "rule_ids")
         .count()

@@ -265,3 +265,11 @@ def test_every_duplicate_follows_the_message_it_copies_in_its_topic() -> None:
                 assert message.value in earlier, message.entity
             earlier.add(message.value)
     assert duplicates > 1_000
+
+
+def test_a_stream_goes_on_with_the_malformed_kinds_where_the_last_one_stopped() -> None:
+    first = MessageStream("bookings", malformed=1.0, seed=1)
+    kinds = [m.kind for m in first.next_chunk(10, datetime.now(UTC))]
+    second = MessageStream("bookings", malformed=1.0, seed=2, malformed_turns=first.malformed_turns)
+    kinds += [m.kind for m in second.next_chunk(len(kinds_for("bookings")) - 10, datetime.now(UTC))]
+    assert kinds == list(kinds_for("bookings"))
