@@ -27,6 +27,7 @@ from streaming.config import Config, load_config
 from streaming.errors import ConfigError
 from streaming.kafka.admin import create_topics
 from streaming.silver.query import check_inputs
+from streaming.simulator.malformed import kinds_for
 from streaming.simulator.producer import ProduceOptions, ProduceReport, run_producer
 from streaming.spark import SHORT_RUN_JVM
 from streaming.tables import open_table
@@ -47,7 +48,7 @@ class Options:
     events: int
     work: Path
     rate: float = 100.0  # events per second while a scenario runs
-    malformed: float = 0.05  # the share of malformed events a scenario sends by default
+    every_kind: bool = False  # one event of each malformed kind per topic before the first
     seed: int = 7
     jitter_s: float = 6.0
     broker_down_s: float = 30.0
@@ -75,8 +76,8 @@ class Options:
                 raise ConfigError(f"the {name} scenario needs the lake on S3", hint="add --s3")
         if quick:
             return cls(
-                scenarios=chosen, cycles=cycles or 1, events=events or 3_000, work=work,
-                rate=40.0, malformed=0.3, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
+                scenarios=chosen, cycles=cycles or 1, events=events or 2_000, work=work,
+                rate=20.0, every_kind=True, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
                 before_commit=False, maintain_loop=False, keep=keep, s3=s3,
                 kill_window=(5.0, 45.0), add_partitions=False,
             )  # fmt: skip
@@ -272,12 +273,12 @@ class Run:
         return max(100, share // max(1, len(others)))
 
     def produce(self, name: str, quota: int, fmt: str = "json", only: str = "all",
-                malformed: float | None = None, late: float = 0.02,
+                malformed: float = 0.05, late: float = 0.02,
                 duplicates: float = 0.03) -> Production:  # fmt: skip
         """A producer at the run's rate from now until the scenario joins it, and then until
         it has sent `quota` events; its ledger joins the run's. A late event is 0.5 to 10 times
         its entity's watermark late: some still in time, most not. Each entity's malformed
-        kinds go round where the last production left them, so the run sends every kind."""
+        kinds go round from where the last production left them."""
         lateness = {
             entity: (contract.watermark_seconds * 0.5, contract.watermark_seconds * 10.0)
             for entity, contract in self.contracts.items()
@@ -286,7 +287,7 @@ class Run:
         self.ledgers.append(ledger)
         options = ProduceOptions(
             rate=self.options.rate, count=0, format=fmt, duplicates=duplicates,
-            malformed=self.options.malformed if malformed is None else malformed, late=late,
+            malformed=malformed, late=late,
             seed=self.rng.randrange(1 << 30), ledger=ledger, lateness=lateness,
             malformed_turns=dict(self.malformed_turns),
         )  # fmt: skip
@@ -298,7 +299,7 @@ class Run:
             acked = original()
             self.acked += acked
             assert production.report is not None
-            self.malformed_turns = production.report.malformed_turns
+            self.malformed_turns = {**self.malformed_turns, **production.report.malformed_turns}
             return acked
 
         production.join = join  # type: ignore[method-assign]
@@ -366,10 +367,29 @@ class Run:
         newest = {r["batch_id"]: r["rows_in"] for r in rows if r["pipeline"] == "all"}
         return sum(n for counts in newest.values() for _, n in counts) >= self.acked - self.skipped
 
+    def every_kind_once(self) -> None:
+        """One event of each malformed kind per topic: a short run's few events leave a rare
+        topic's later kinds unsent."""
+        productions = [
+            self.produce(
+                f"kinds-{entity}",
+                len(kinds_for(entity)),
+                only=entity,
+                malformed=1.0,
+                late=0.0,
+                duplicates=0.0,
+            )
+            for entity in self.contracts
+        ]
+        for production in productions:
+            production.join()
+
     def scenario(self, name: str) -> Outcome:
         started = time.monotonic()
         acked_before = self.acked
         try:
+            if self.options.every_kind and acked_before == 0:  # ahead of the first scenario
+                self.every_kind_once()
             injected = scenarios.SCENARIOS[name](self)
             if not self.pipeline.running():
                 self.pipeline.start()
