@@ -57,16 +57,22 @@ def _batches(spark: SparkSession):
 
 
 def _subject(messages) -> Subject:
-    """The user with the most decodable bookings and app events, with their e-mail and phone."""
-    records = []
+    """The user with the most decodable bookings, app events and feedback among those with a
+    valid booking and a valid app event (which users those are depends on the hour the test
+    runs at), with their e-mail and phone."""
+    records, valid = [], set()
     for m in messages:
         if m.entity in PEOPLE:
             try:
-                records.append(json.loads(m.value))
+                record = json.loads(m.value)
             except ValueError:
                 continue
-    records = [r for r in records if isinstance(r, dict) and r.get("user_id")]
-    user, _ = Counter(r["user_id"] for r in records).most_common(1)[0]
+            if isinstance(record, dict) and record.get("user_id"):
+                records.append(record)
+                if m.kind == "valid":
+                    valid.add((m.entity, record["user_id"]))
+    both = {u for e, u in valid if e == "bookings"} & {u for e, u in valid if e == "user_events"}
+    user, _ = Counter(r["user_id"] for r in records if r["user_id"] in both).most_common(1)[0]
     contact = next(r for r in records if r["user_id"] == user and r.get("email"))
     return Subject(user, contact["email"], contact["phone"])
 
