@@ -159,6 +159,10 @@ def retention(run: Run) -> Injected:
     run must stop with a clear error, then go on with LAKEHOUSE_FAIL_ON_DATA_LOSS=false."""
     done = Injected()
     pipeline = run.pipeline
+    if pipeline.commits() < 0:  # a fresh lake: the stream must have read the topic once
+        if not pipeline.running():
+            pipeline.start()
+        pipeline.wait_commit(-1)
     if pipeline.running():
         pipeline.stop()
     production = run.produce("retention", run.events_for("retention"), only="telemetry")
