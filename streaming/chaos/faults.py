@@ -89,8 +89,8 @@ class Broker:
         for future in futures.values():
             future.result()
 
-    def delete_before(self, topic: str, offsets: dict[int, int]) -> int:
-        """Delete each partition's records before its offset (retention, by hand); how many."""
+    def delete_before(self, topic: str, offsets: dict[int, int]) -> None:
+        """Delete each partition's records before its offset (retention, by hand)."""
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({**self.config.kafka.client_options(), "group.id": "chaos"})
@@ -104,7 +104,6 @@ class Broker:
             admin = admin_client(self.config.kafka)  # held until the futures resolve
             for future in admin.delete_records(targets).values():
                 future.result()
-        return sum(max(0, o - lows[p]) for p, o in offsets.items())
 
 
 class S3Server:
