@@ -466,16 +466,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the pipeline under faults (kill -9, torn checkpoints, broker outages, ...), "
         "every oracle after each scenario",
     )
-    chaos.add_argument("--quick", action="store_true", help="a few minutes: kill, checkpoint, "
-                       "broker and governance scenarios, few cycles")  # fmt: skip
-    chaos.add_argument("--cycles", type=int, help="kill -9 cycles (default 20; --quick 2)")
+    chaos.add_argument("--quick", action="store_true", help="a few minutes: the checkpoint "
+                       "scenario's kill -9 mid-batch and every malformed kind")  # fmt: skip
+    chaos.add_argument("--cycles", type=int, help="kill -9 cycles (default 20; --quick 1)")
     chaos.add_argument("--events", type=int, help="events over the run (default 200,000; "
-                       "--quick 8,000)")  # fmt: skip
+                       "--quick 1,000)")  # fmt: skip
     chaos.add_argument(
         "--scenarios",
         help="comma-separated: kill, checkpoint, broker, messy, governance, retention, disk, s3 "
-        "(default: all this machine and lake can run; --quick: kill, checkpoint, broker, "
-        "governance)",
+        "(default: all this machine and lake can run; --quick: checkpoint)",
     )
     chaos.add_argument(
         "--work",

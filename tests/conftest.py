@@ -124,7 +124,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that run for minutes first (end-to-end, then `slow`), dealt out to the workers:
     xdist's work-stealing scheduler gives each worker a contiguous block of this order and
     steals from a block's end, so each block must start with its share of the long tests (else
-    one worker runs them all, one after another, while the other runs the short ones)."""
+    one worker runs them all, one after another, while the other runs the short ones). A test
+    counts as long when it or its module is marked `e2e` or `slow`."""
 
     def weight(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
@@ -137,20 +138,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2:
         return
-    # Long tests dealt a module at a time (a module's fixtures, such as the dashboard's lake,
-    # are built once per worker), the longest module first to the least loaded worker; then
-    # the short tests one by one the same way.
+    # Dealt a module at a time, so each module's tests run in one block and its module-scoped
+    # fixtures (the dashboard's lake, Gold's late corpus, the SCRAM broker) are built once: the
+    # modules with long tests first, the longest to the least loaded worker, then the others.
     modules: dict[str, list[pytest.Item]] = {}
-    for item in (i for i in items if weight(i) < 2):
+    for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def order(module: list[pytest.Item]) -> tuple[int, float]:
+        return min(map(weight, module)), -sum(map(seconds, module))
+
     blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
     load = [0.0] * workers
-    for module in sorted(modules.values(), key=lambda m: -sum(map(seconds, m))):
+    for module in sorted(modules.values(), key=order):
         n = load.index(min(load))
         blocks[n] += module
         load[n] += sum(map(seconds, module))
-    for item in (i for i in items if weight(i) == 2):
-        n = load.index(min(load))
-        blocks[n].append(item)
-        load[n] += seconds(item)
     items[:] = [item for block in blocks for item in block]

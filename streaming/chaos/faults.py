@@ -146,6 +146,7 @@ class Pipeline:
         if self.running():
             raise ChaosError("the pipeline runs already")
         self.starts += 1
+        log.info("pipeline start %d (log %s)", self.starts, self.log_file.name)
         with self.log_file.open("wb") as out:
             self.process = subprocess.Popen(
                 [*LAKEHOUSE, "run", "all"], env={**self.env, **overrides}, stdout=out,
@@ -182,6 +183,7 @@ class Pipeline:
         with contextlib.suppress(ProcessLookupError):  # it died on its own
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=60)
+        log.info("pipeline killed -9 (last committed batch %d)", self.commits())
 
     def kill_9_at_random(self, rng: random.Random, jitter_s: float) -> float:
         """Wait for a committed batch after the start, then a random moment; kill -9. The

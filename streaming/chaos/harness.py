@@ -76,7 +76,7 @@ class Options:
                 raise ConfigError(f"the {name} scenario needs the lake on S3", hint="add --s3")
         if quick:
             return cls(
-                scenarios=chosen, cycles=cycles or 1, events=events or 2_000, work=work,
+                scenarios=chosen, cycles=cycles or 1, events=events or 1_000, work=work,
                 rate=20.0, every_kind=True, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
                 before_commit=False, maintain_loop=False, keep=keep, s3=s3,
                 kill_window=(5.0, 45.0), add_partitions=False,
@@ -311,7 +311,9 @@ class Run:
         started = time.monotonic()
         self.pipeline.start(**overrides)
         self.pipeline.wait_commit(before)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        log.info("restarted: a batch committed %.1f s after the start", seconds)
+        return seconds
 
     def recovered(self) -> float:
         """Seconds until the running pipeline commits its next batch (restarted if a fault
@@ -393,9 +395,13 @@ class Run:
             injected = scenarios.SCENARIOS[name](self)
             if not self.pipeline.running():
                 self.pipeline.start()
-            wait_until(self.caught_up, "the pipeline to catch up", 900,
-                       self.pipeline.require_running)  # fmt: skip
+            waited = wait_until(self.caught_up, "the pipeline to catch up", 900,
+                                self.pipeline.require_running)  # fmt: skip
+            log.info("%s: the stream caught up with %s events (%.1f s); the oracles", name,
+                     f"{self.acked:,}", waited)  # fmt: skip
+            checked = time.monotonic()
             found = oracles.tally(self.spark, self.config, self.ledgers, self.skipped)
+            log.info("%s: the oracles took %.1f s", name, time.monotonic() - checked)
         except Exception as exc:  # the scenario's failure is the report's row, not a trace
             text = str(exc) if isinstance(exc, ChaosError) else f"{type(exc).__name__}: {exc}"
             with (self.logs / "harness.log").open("a") as trace:  # details, off the screen

@@ -1,6 +1,7 @@
-"""`lakehouse chaos --quick` as a user runs it: the real pipeline killed -9 at a random moment,
-a torn offset file with a lost commit-log entry, a third of the events malformed. After each
-scenario every oracle holds, and each oracle fails on an injected dropped and doubled row.
+"""`lakehouse chaos --quick` as a user runs it: the real pipeline killed -9 mid-batch, its torn
+offset file and a lost commit-log entry, at least one event of every malformed kind on every
+topic. After the scenario every oracle holds, and each oracle fails on an injected dropped and
+doubled row.
 Then, on the run's kept lake, every kind of record the producers sent is where it belongs."""
 
 from __future__ import annotations
@@ -134,17 +135,17 @@ def test_chaos_quick_loses_doubles_and_corrupts_nothing_and_every_kind_lands_in_
     report = json.loads(next(tmp_path.glob("chaos-*/chaos.json")).read_text())
     assert report["ok"]
     outcomes = {o["scenario"]: o for o in report["scenarios"]}
-    assert list(outcomes) == ["kill", "checkpoint"]
+    assert list(outcomes) == ["checkpoint"]
     for name, outcome in outcomes.items():
         assert outcome["events"] > 0 and outcome["faults"] > 0, outcome
         counts = [outcome[k] for k in ("lost", "duplicated", "unexpected", "gold_wrong")]
         assert counts == [0, 0, 0, 0] and outcome["violations"] == [], (name, outcome)
-    assert outcomes["kill"]["faults"] == 1 and len(outcomes["kill"]["recovery_s"]) == 1
+    assert len(outcomes["checkpoint"]["recovery_s"]) == 1
     notes = " ".join(outcomes["checkpoint"]["notes"])
     assert "torn" in notes and "deleted" in notes
     proofs = report["proofs"]
     assert len(proofs) == 6 and all(p["failed"] for p in proofs), proofs
-    assert "| kill |" in result.stdout and "recovery" in result.stdout
+    assert "| checkpoint |" in result.stdout and "recovery" in result.stdout
 
     config = load_config(report["lake"])
     placed = _placements(spark, config)

@@ -26,6 +26,9 @@ from streaming.verify import check_gold
 from tests.builders import PII_KEY
 from tests.conftest import lake_env
 
+# Each test runs Silver and Gold batches; the module's late corpus is built once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.seconds(45)]
+
 TIMES_SQUARE = (40.7580, -73.9855)  # TLC zone 230, Times Sq/Theatre District
 ZONE = 230
 # "Yesterday", ten minutes into an hour that has passed today: every booking is in the past,

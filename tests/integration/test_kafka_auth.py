@@ -13,6 +13,8 @@ import pytest
 from tests.builders import lakehouse, one_clear_line
 from tests.conftest import _free_ports
 
+pytestmark = [pytest.mark.slow, pytest.mark.seconds(60)]  # a SCRAM/TLS broker of its own
+
 CANARY = "canary-Zq8#scram-password-4f1d"
 USER = "lakehouse-stream"
 
