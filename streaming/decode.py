@@ -48,9 +48,15 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
     # JSON is parsed inside brackets: Spark's parser stops after the first value, so the text
     # `{...} {...}` (two messages run together) would pass as the first one. In brackets a
     # second value is a second element, or a parse error.
+    # An oversized payload is rejected by its length alone: parsing ten megabytes of text (and
+    # holding the parsed copy) for it starved a batch's memory.
+    fits = F.length(value) <= contract.max_message_bytes
     wrapped = bronze.withColumn(
         "_wrapped",
-        F.when(first_byte != "00", F.try_parse_json(F.concat(F.lit("["), text, F.lit("]")))),
+        F.when(
+            (first_byte != "00") & fits,
+            F.try_parse_json(F.concat(F.lit("["), text, F.lit("]"))),
+        ),
     )
     framed = wrapped.withColumns(
         {
@@ -64,7 +70,7 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
             "_trailing": F.try_variant_get("_wrapped", "$[1]", "variant").isNotNull(),
             **{
                 _avro_column(version): F.when(
-                    first_byte == "00",
+                    (first_byte == "00") & fits,
                     _from_avro(F.expr("substring(value, 6)"), version),
                 )
                 for version in contract.versions

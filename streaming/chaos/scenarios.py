@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from streaming.chaos.harness import Run
 
 log = logging.getLogger(__name__)
+# How long a scenario waits for the running pipeline's next commit to a table: a restarted JVM's
+# first batches after a backlog (payloads of 10 MB among them) took over three minutes here.
+COMMIT_WAIT_S = 600
 
 
 @dataclass
@@ -103,7 +106,7 @@ def checkpoint(run: Run) -> Injected:
         path = run.config.table_path(layer, table)
         version = table_version(run.config, path)
         wait_until(lambda p=path, v=version: table_version(run.config, p) > v,  # type: ignore[misc]
-                   f"a commit to {name}", 180, pipeline.require_running)  # fmt: skip
+                   f"a commit to {name}", COMMIT_WAIT_S, pipeline.require_running)  # fmt: skip
         pipeline.kill_9()
         done.add(run.restart_and_commit(), f"killed after a commit to {name}")
 
@@ -111,7 +114,7 @@ def checkpoint(run: Run) -> Injected:
         history = TableRef(*RUN_HISTORY).path(run.config)
         version = table_version(run.config, history)
         wait_until(lambda: table_version(run.config, history) > version, "a run-history row",
-                   180, pipeline.require_running)  # fmt: skip
+                   COMMIT_WAIT_S, pipeline.require_running)  # fmt: skip
         pipeline.kill_9()
         uncommitted = pipeline.offsets()
         if pipeline.commits() >= uncommitted:
