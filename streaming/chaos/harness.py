@@ -85,7 +85,7 @@ class Options:
             scenarios=chosen, cycles=cycles or 20, events=events or 200_000, work=work,
             crash_tables=("bronze.telemetry", "silver.telemetry", "quarantine.bookings",
                           "silver.vehicle_state", "gold.demand_by_zone_hour",
-                          "gold.customer_journeys"),
+                          "gold.customer_journey_events"),
             keep=keep, s3=s3,
         )  # fmt: skip
 
@@ -445,7 +445,8 @@ def run_chaos(base: Config, options: Options, echo: Any = print) -> dict[str, An
     """Every chosen scenario in turn, then the oracles' proofs; the report."""
     run = Run(base, options)
     cycles = f"{options.cycles} kill cycle" + ("" if options.cycles == 1 else "s")
-    echo(f"chaos: {', '.join(options.scenarios)}; {options.events:,} events, {cycles}; "
+    cycles = f", {cycles}" if "kill" in options.scenarios else ""
+    echo(f"chaos: {', '.join(options.scenarios)}; {options.events:,} events{cycles}; "
          f"work folder {run.folder}")  # fmt: skip
     outcomes: list[Outcome] = []
     proofs: list[oracles.Proof] = []
