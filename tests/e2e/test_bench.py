@@ -224,14 +224,16 @@ def test_the_live_heap_of_a_real_jvm_grows_with_what_it_holds_and_not_with_garba
     assert jvm in [p.pid for p in process_tree(os.getpid()) if kind_of(p, os.getpid()) == "jvm"]
     before = _settled_heap_mb(jvm)
     held = java.java.util.concurrent.atomic.AtomicReference()
-    held.set(java.java.nio.ByteBuffer.allocate(128 * 2**20))
+    # 256 MiB held: the shared session may still free some tens of MiB of an earlier test's
+    # state between the readings (a 128 MiB buffer once read as +104 MiB).
+    held.set(java.java.nio.ByteBuffer.allocate(256 * 2**20))
     spark.range(200_000).selectExpr("repeat('x', 100) AS garbage").collect()
     during = memory.live_heap_mb(jvm)
     held.set(None)
     after = memory.live_heap_mb(jvm)
     assert during is not None and after is not None
-    assert during - before > 115, (before, during)
-    assert during - after > 115, (during, after)
+    assert during - before > 200, (before, during)
+    assert during - after > 230, (during, after)
 
 
 def _settled_heap_mb(jvm: int) -> float:
