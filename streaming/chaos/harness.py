@@ -444,8 +444,8 @@ class Run:
 def run_chaos(base: Config, options: Options, echo: Any = print) -> dict[str, Any]:
     """Every chosen scenario in turn, then the oracles' proofs; the report."""
     run = Run(base, options)
-    cycles = f"{options.cycles} kill cycle" + ("" if options.cycles == 1 else "s")
-    cycles = f", {cycles}" if "kill" in options.scenarios else ""
+    plural = "" if options.cycles == 1 else "s"
+    cycles = f", {options.cycles} kill cycle{plural}" if "kill" in options.scenarios else ""
     echo(f"chaos: {', '.join(options.scenarios)}; {options.events:,} events{cycles}; "
          f"work folder {run.folder}")  # fmt: skip
     outcomes: list[Outcome] = []

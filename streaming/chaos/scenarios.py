@@ -104,9 +104,9 @@ def checkpoint(run: Run) -> Injected:
     for name in run.options.crash_tables:
         layer, _, table = name.partition(".")
         path = run.config.table_path(layer, table)
-        if table_version(run.config, path) < 0:
-            raise ChaosError(f"{name} is not a table of the lake: no commit to it can come")
         version = table_version(run.config, path)
+        if version < 0:
+            raise ChaosError(f"{name} is not a table of the lake: no commit to it can come")
         wait_until(lambda p=path, v=version: table_version(run.config, p) > v,  # type: ignore[misc]
                    f"a commit to {name}", COMMIT_WAIT_S, pipeline.require_running)  # fmt: skip
         pipeline.kill_9()
