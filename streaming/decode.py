@@ -6,7 +6,9 @@ row that decoded, else struct(stage, rule_ids, reason). Stages here are `decode`
 not a message: empty, oversized, not UTF-8 or an escaped lone surrogate, not JSON, more JSON
 after the message, not an object, unknown frame, Avro body that does not fit its schema) and
 `schema` (a message of the wrong shape: unknown schema id, a field of the wrong type, a number
-that is not finite). Nothing is dropped: a rejected row keeps its raw bytes.
+that is not finite). Nothing is dropped: a rejected row keeps its raw bytes, an oversized one
+its first `max_message_bytes` of them (Bronze holds it whole; a batch must not carry a ten
+megabyte payload through every frame it holds and into quarantine).
 
 JSON goes through Spark's VARIANT type, which keeps each token's JSON type, so `"battery": "high"`
 or `"session_id": 12345` is a wrong type rather than a silent cast. No per-row Python.
@@ -107,7 +109,13 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 F.isnan(value) | (F.abs(value) == F.lit(float("inf"))),
                 _rejection("schema", "schema.not_finite", f"field '{name}' is not a finite number"),
             )
-    return typed.withColumn("_rejection", rejection).drop(
+    limit = contract.max_message_bytes
+    return typed.withColumns(
+        {
+            "_rejection": rejection,
+            "value": F.when(fits, F.col("value")).otherwise(F.substring("value", 1, limit)),
+        }
+    ).drop(
         "_wrapped",
         "_trailing",
         "_variant",
@@ -155,7 +163,11 @@ def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
             _rejection(
                 "decode",
                 "decode.oversized",
-                F.format_string(f"%d bytes > {contract.max_message_bytes}", size),
+                F.format_string(
+                    f"%d bytes > {contract.max_message_bytes} (quarantine keeps the first "
+                    f"{contract.max_message_bytes}, Bronze all)",
+                    size,
+                ),
             ),
         )
         .when(

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from py4j.protocol import Py4JError
+
 from streaming import checkpoints, jars, lease, pipeline
 from streaming.config import Config
 from streaming.erasure import PendingErasures, apply_pending
@@ -60,7 +62,49 @@ def run(config: Config, name: str, once: bool) -> None:
     plan = preflight(config, name)
     with lease.writer_leases(config, plan.layers):  # one writer per layer
         resume_checks(config, plan)
-        _run(config, plan, once)
+        log_start = config.spark_log.stat().st_size if config.spark_log.is_file() else 0
+        try:
+            _run(config, plan, once)
+        except (Py4JError, ConnectionError) as exc:
+            if _jvm_alive():
+                raise
+            raise _jvm_ended(config, plan, log_start) from exc
+
+
+def _jvm_alive() -> bool:
+    """False only when this process started the JVM and it has exited (under spark-submit
+    the JVM is not a child of this process: it counts as alive)."""
+    from pyspark import SparkContext
+
+    process = getattr(SparkContext._gateway, "proc", None)
+    return process is None or process.poll() is None
+
+
+def _jvm_ended(config: Config, plan: Plan, log_start: int) -> QueryError:
+    """The error for a JVM that went away under the pipeline: out of heap, if its log says so
+    since this run began (Spark ends the JVM when a task runs out of memory)."""
+    name = pipeline.query_name(plan.pipeline)
+    try:
+        with config.spark_log.open("rb") as spark_log:
+            spark_log.seek(log_start)
+            out_of_heap = b"java.lang.OutOfMemoryError" in spark_log.read()
+    except OSError:
+        out_of_heap = False
+    if out_of_heap:
+        return QueryError(
+            f"query {name} stopped: its JVM ran out of heap "
+            f"(LAKEHOUSE_DRIVER_MEMORY={config.spark.driver_memory})",
+            query=name,
+            hint="give it more (LAKEHOUSE_DRIVER_MEMORY) or take fewer records per batch "
+            "(LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER), then run again: the checkpoint resumes after "
+            "the last committed batch",
+        )
+    return QueryError(
+        f"query {name} stopped: its JVM ended unexpectedly",
+        query=name,
+        hint=f"see Spark's log {config.spark_log}; the checkpoint resumes after the last "
+        "committed batch",
+    )
 
 
 def resume_checks(config: Config, plan: Plan) -> None:

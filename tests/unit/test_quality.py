@@ -380,3 +380,22 @@ def test_text_a_lenient_parser_would_take_is_rejected(spark: SparkSession) -> No
         ("decode", ["decode.not_json"]),
         ("schema", ["schema.not_finite"]),
     ]
+
+
+def test_an_oversized_payload_goes_on_as_its_first_allowed_bytes(spark: SparkSession) -> None:
+    contract = load_contracts()["telemetry"]
+    limit = contract.max_message_bytes
+    at = datetime(2026, 1, 15, 8, 30, tzinfo=UTC)
+    exact = _telemetry("AB000001", 50, at)
+    exact = exact[:-1] + b', "pad": "' + b"x" * (limit - len(exact) - 11) + b'"}'
+    oversized = exact[:-2] + b'xx"}'
+    rows = (
+        validate(_bronze(spark, [exact, oversized]), contract)
+        .select("value", "_rejection.stage", "_rejection.rule_ids", "_rejection.reason")
+        .collect()
+    )
+    assert len(exact) == limit and len(oversized) == limit + 2
+    assert (rows[0].stage, bytes(rows[0].value)) == (None, exact)  # at the limit: whole
+    assert (rows[1].stage, rows[1].rule_ids) == ("decode", ["decode.oversized"])
+    assert bytes(rows[1].value) == oversized[:limit]
+    assert rows[1].reason.startswith(f"{limit + 2} bytes > {limit}")
