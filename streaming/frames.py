@@ -21,8 +21,12 @@ class HeldFrames:
         self._held: list[DataFrame] = []
         self._lock = threading.Lock()
 
-    def keep(self, frame: DataFrame) -> DataFrame:
-        held = frame.localCheckpoint()
+    def keep(self, frame: DataFrame, on_disk: bool = False) -> DataFrame:
+        """`on_disk`: the rows are held on local disk, not in the heap (a batch's raw payloads:
+        a few ten-megabyte messages must not crowd out the memory the batch's work needs)."""
+        from pyspark import StorageLevel
+
+        held = frame.localCheckpoint(storageLevel=StorageLevel.DISK_ONLY if on_disk else None)
         with self._lock:
             self._held.append(held)
         return held

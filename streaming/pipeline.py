@@ -4,7 +4,7 @@
 - `bronze`: Kafka -> Bronze (the capture half of the split deployment).
 - `refine`: the Bronze tables (a Delta stream) -> Silver -> Gold (the other half).
 
-Each batch is read once and held (a local checkpoint). Bronze appends its rows per topic;
+Each batch is read once and held (a local checkpoint on disk). Bronze appends its rows per topic;
 Silver judges the same rows per entity (never re-reading Bronze); Gold is updated from the Silver
 rows the batch added (never from a change feed read by a second query). Entities, and then Gold
 tables, are processed side by side in threads: while one waits on a Delta commit, another's
@@ -168,7 +168,8 @@ class BatchWriter:
         try:
             with BatchScope(spark, query_name(self.pipeline), batch_id):
                 rows = bronze.to_bronze(batch) if "bronze" in self.layers else batch
-                rows = held.keep(self.tombstones.drop(rows))  # erased records never return
+                # Erased records never return; raw payloads are held on disk, not in the heap.
+                rows = held.keep(self.tombstones.drop(rows), on_disk=True)
                 by_entity = self._split(rows, report)
                 if by_entity:
                     self._layers(by_entity, batch_id, report, held)

@@ -77,7 +77,7 @@ class Options:
         if quick:
             return cls(
                 scenarios=chosen, cycles=cycles or 1, events=events or 1_000, work=work,
-                rate=20.0, every_kind=True, broker_down_s=5.0, pause_s=0.0, max_offsets=2_000,
+                rate=20.0, every_kind=True, broker_down_s=5.0, pause_s=0.0, max_offsets=10_000,
                 before_commit=False, maintain_loop=False, keep=keep, s3=s3,
                 kill_window=(5.0, 45.0), add_partitions=False,
             )  # fmt: skip

@@ -94,6 +94,16 @@ def _crash_after_each_write(monkeypatch: pytest.MonkeyPatch, every: int) -> list
     return crashes
 
 
+def _held_on_disk(spark: SparkSession) -> list[int]:
+    """RDDs persisted on disk alone: a batch's raw rows while it runs, none between batches."""
+    rdds = spark.sparkContext._jsc.getPersistentRDDs()
+    return [
+        int(key)
+        for key in rdds.keySet().toArray()
+        if not rdds.get(key).getStorageLevel().useMemory()
+    ]
+
+
 def _until_it_passes(spark: SparkSession, config: Config, batch, batch_id: int) -> None:
     """Attempts, each a restarted pipeline (a new writer, tables in order: one thread), each
     dying after a write more than the last one, until one gets through.
@@ -143,6 +153,7 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
     writer = BatchWriter(spark, clean, "all", check_inputs(clean))
     for batch_id, batch in enumerate(batches):
         writer(batch, batch_id)
+        assert not _held_on_disk(spark), f"batch {batch_id} left its raw rows on disk"
     expected = {name: frame.collect() for name, frame in tables(spark, clean).items()}
 
     config = lake(tmp_path / "crashed")
