@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streaming import jars
 from streaming.config import KafkaConfig, LocalBrokerConfig
@@ -20,6 +21,9 @@ from streaming.kafka import tls
 from streaming.kafka.admin import admin_client, cluster_metadata
 from streaming.processes import alive, log_tail, require_free_port, stop_service
 from streaming.settings import Secret
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import ClusterMetadata
 
 ScramUser = tuple[str, Secret]
 
@@ -160,15 +164,36 @@ def _wait_ready(broker: LocalBrokerConfig, process: subprocess.Popen[bytes]) -> 
         except BrokerError:
             time.sleep(0.5)
             continue
-        # Restarted on existing data, the broker answers before it leads its partitions again:
-        # ready means every partition has its leader (no "not leader" for the first client).
-        if all(p.leader >= 0 for t in metadata.topics.values() for p in t.partitions.values()):
+        # Restarted on existing data, the broker answers before it leads its partitions again,
+        # and lists a leader a moment before that leader serves: ready means every partition
+        # answers an offsets request (no "not leader" for the first client).
+        leaders = all(
+            p.leader >= 0 for t in metadata.topics.values() for p in t.partitions.values()
+        )
+        if leaders and _partitions_answer(broker, metadata):
             return
         time.sleep(0.5)
     raise BrokerError(
         f"the Kafka broker did not answer within {READY_TIMEOUT_S:.0f} s",
         hint=f"see {broker.data_dir / 'broker.out'}; stop it with `lakehouse kafka stop`",
     )
+
+
+def _partitions_answer(broker: LocalBrokerConfig, metadata: ClusterMetadata) -> bool:
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": f"127.0.0.1:{broker.port}", "group.id": "lakehouse-ready"}
+    )
+    try:
+        for name, topic in metadata.topics.items():
+            for partition in topic.partitions:
+                consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=2)
+        return True
+    except KafkaException:
+        return False
+    finally:
+        consumer.close()
 
 
 def new_cluster_id() -> str:
