@@ -53,6 +53,7 @@ from streaming.config import Config
 from streaming.errors import ConfigError, RetryableError
 from streaming.redrive import COORDINATES, delete_matching
 from streaming.s3.storage import location_filesystem
+from streaming.spark import row_reader
 from streaming.tables import exists, open_table
 
 if TYPE_CHECKING:
@@ -165,7 +166,8 @@ def erase(
     started = time.monotonic()
     key = config.require_pii_key()
     require_lake(config)
-    found = find(spark, config, subject)
+    with row_reader(spark):
+        found = find(spark, config, subject)
     by_table = _tally(found)
     if dry_run:
         return Receipt(0, subject.receipt_token(key), dry_run=True, rows=by_table)
@@ -370,7 +372,8 @@ def apply_pending(spark: SparkSession, config: Config) -> dict[int, dict[str, An
     records = table.to_pyarrow_table().to_pylist() if table is not None else []
     done = {}
     for erasure_id in _pending(records):
-        done[erasure_id] = _apply(spark, config, erasure_id)
+        with row_reader(spark):  # the rows are read, and rewritten, with their raw payloads
+            done[erasure_id] = _apply(spark, config, erasure_id)
     return done
 
 
