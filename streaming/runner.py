@@ -87,7 +87,7 @@ def _jvm_ended(config: Config, plan: Plan, log_start: int) -> QueryError:
     try:
         with config.spark_log.open("rb") as spark_log:
             spark_log.seek(log_start)
-            out_of_heap = b"java.lang.OutOfMemoryError" in spark_log.read()
+            out_of_heap = any(b"java.lang.OutOfMemoryError" in line for line in spark_log)
     except OSError:
         out_of_heap = False
     if out_of_heap:
