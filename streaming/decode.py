@@ -52,7 +52,8 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
     # second value is a second element, or a parse error.
     # An oversized payload is rejected by its length alone: parsing ten megabytes of text (and
     # holding the parsed copy) for it starved a batch's memory.
-    fits = F.length(value) <= contract.max_message_bytes
+    limit = contract.max_message_bytes
+    fits = F.length(value) <= limit
     wrapped = bronze.withColumn(
         "_wrapped",
         F.when(
@@ -109,7 +110,6 @@ def decode(bronze: DataFrame, contract: Contract) -> DataFrame:
                 F.isnan(value) | (F.abs(value) == F.lit(float("inf"))),
                 _rejection("schema", "schema.not_finite", f"field '{name}' is not a finite number"),
             )
-    limit = contract.max_message_bytes
     return typed.withColumns(
         {
             "_rejection": rejection,
@@ -155,18 +155,17 @@ def _avro_field(contract: Contract, name: str, data_type: T.DataType) -> Column:
 def _frame_rejection(value: Column, text: Column, contract: Contract) -> Column:
     """The first thing wrong with the bytes themselves, in the order a reader finds it."""
     size = F.length(value)
+    limit = contract.max_message_bytes
     avro = F.col("_format") == "avro"
     return (
         F.when(value.isNull() | (size == 0), _rejection("decode", "decode.empty", "empty value"))
         .when(
-            size > contract.max_message_bytes,
+            size > limit,
             _rejection(
                 "decode",
                 "decode.oversized",
                 F.format_string(
-                    f"%d bytes > {contract.max_message_bytes} (quarantine keeps the first "
-                    f"{contract.max_message_bytes}, Bronze all)",
-                    size,
+                    f"%d bytes > {limit} (quarantine keeps the first {limit}, Bronze all)", size
                 ),
             ),
         )
