@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # What `run silver` and `run gold` were: Silver and Gold now run in one pass, as `refine`.
 RENAMED = {"silver": "refine", "gold": "refine"}
+NO_SPACE = b"No space left on device"  # the OS error of a full disk, as the JVM words it
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ def run(config: Config, name: str, once: bool) -> None:
         log_start = config.spark_log.stat().st_size if config.spark_log.is_file() else 0
         try:
             _run(config, plan, once)
+        except QueryError as exc:
+            raise _query_failed(config, plan, log_start, exc) from None
         except (Py4JError, ConnectionError) as exc:
             if _jvm_alive():
                 raise
@@ -84,13 +87,7 @@ def _jvm_ended(config: Config, plan: Plan, log_start: int) -> QueryError:
     """The error for a JVM that went away under the pipeline: out of heap, if its log says so
     since this run began (Spark ends the JVM when a task runs out of memory)."""
     name = pipeline.query_name(plan.pipeline)
-    try:
-        with config.spark_log.open("rb") as spark_log:
-            spark_log.seek(log_start)
-            out_of_heap = any(b"java.lang.OutOfMemoryError" in line for line in spark_log)
-    except OSError:
-        out_of_heap = False
-    if out_of_heap:
+    if _logged(config, log_start, b"java.lang.OutOfMemoryError"):
         return QueryError(
             f"query {name} stopped: its JVM ran out of heap "
             f"(LAKEHOUSE_DRIVER_MEMORY={config.spark.driver_memory})",
@@ -104,6 +101,34 @@ def _jvm_ended(config: Config, plan: Plan, log_start: int) -> QueryError:
         query=name,
         hint=f"see Spark's log {config.spark_log}; the checkpoint resumes after the last "
         "committed batch",
+    )
+
+
+def _query_failed(config: Config, plan: Plan, log_start: int, exc: QueryError) -> QueryError:
+    """The error a failed query ends the run with: a full disk named as such (a task's write
+    failure reaches the query's error without its cause; Spark's log holds it)."""
+    if _logged(config, log_start, NO_SPACE):
+        return _no_space(pipeline.query_name(plan.pipeline))
+    return exc
+
+
+def _logged(config: Config, log_start: int, text: bytes) -> bool:
+    """Whether Spark's log holds `text` since this run began (read line by line: a long run's
+    log can be large)."""
+    try:
+        with config.spark_log.open("rb") as spark_log:
+            spark_log.seek(log_start)
+            return any(text in line for line in spark_log)
+    except OSError:
+        return False
+
+
+def _no_space(name: str) -> QueryError:
+    return QueryError(
+        f"query {name} stopped: no space left on the device holding the lake or its checkpoints",
+        query=name,
+        hint="free space or grow the volume, then run again: the checkpoint resumes after the "
+        "last committed batch",
     )
 
 
@@ -239,14 +264,8 @@ def _await(query: StreamingQuery) -> None:
     try:
         query.awaitTermination()
     except StreamingQueryException as exc:
-        if "No space left on device" in str(exc):
-            raise QueryError(
-                f"query {query.name} stopped: no space left on the device holding the lake or "
-                "its checkpoints",
-                query=query.name or "",
-                hint="free space or grow the volume, then run again: the checkpoint resumes "
-                "after the last committed batch",
-            ) from None
+        if NO_SPACE.decode() in str(exc):
+            raise _no_space(query.name or "") from None
         first_line = str(exc).strip().splitlines()[0][:500]
         progress = query.lastProgress
         raise QueryError(
