@@ -9,6 +9,7 @@ Silver and Gold writer also applies recorded erasures between its batches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import tempfile
@@ -242,11 +243,14 @@ class ErasureDesk:
 def _await_stop(
     spark: SparkSession, queries: list[StreamingQuery], tick: Callable[[], None] | None = None
 ) -> None:
+    from pyspark.errors import StreamingQueryException
+
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     while not stop.is_set():
-        spark.streams.awaitAnyTermination(1)
+        with contextlib.suppress(StreamingQueryException):  # the query that failed says why below
+            spark.streams.awaitAnyTermination(1)
         if tick is not None:
             tick()
         for query in queries:
