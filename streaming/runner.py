@@ -229,14 +229,18 @@ class ErasureDesk:
         self.next_try = 0.0
 
     def tick(self) -> None:
-        if time.monotonic() < self.next_try or not self.pending.waiting():
+        if time.monotonic() < self.next_try:
             return
         try:
+            if not self.pending.waiting():
+                return
             with self.lock:
                 apply_pending(self.spark, self.config)
-        except Exception as exc:  # the stream must not fail for an erasure: it is retried
-            log.error("an erasure could not be applied (again in %.0f s): %s", self.RETRY_S,
-                      str(exc).splitlines()[0][:300])  # fmt: skip
+        # The stream must not fail for an erasure, nor for a storage outage while it looks for
+        # one (its batches have their own retries): both are tried again.
+        except Exception as exc:
+            log.error("erasures could not be looked up or applied (again in %.0f s): %s",
+                      self.RETRY_S, str(exc).splitlines()[0][:300])  # fmt: skip
             self.next_try = time.monotonic() + self.RETRY_S
 
 
