@@ -146,6 +146,7 @@ class SparkConfig:
     driver_memory: str
     shuffle_partitions: int
     ui_enabled: bool
+    codegen: bool  # false: Spark interprets plans (no generated code to compile)
     jvm_options: str  # appended to the driver JVM's options
     extra: Mapping[str, str] = field(default_factory=dict)
 

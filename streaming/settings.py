@@ -124,6 +124,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("LAKEHOUSE_SHUFFLE_PARTITIONS", "spark.shuffle_partitions", 4, "int",
        "spark.sql.shuffle.partitions", minimum=1),
     _s("LAKEHOUSE_SPARK_UI", "spark.ui_enabled", False, "bool", "Spark's web UI"),
+    _s("LAKEHOUSE_SPARK_CODEGEN", "spark.codegen", True, "bool",
+       "compile Spark's plans to Java code (false: interpret them; a short run of small batches "
+       "starts faster)"),
     _s("LAKEHOUSE_JVM_OPTIONS", "spark.jvm_options", "", "text",
        "extra JVM options of the driver and executors (a short run starts faster with "
        "-XX:TieredStopAtLevel=1)"),

@@ -62,6 +62,7 @@ class Options:
     s3: bool = False  # the lake and checkpoints on the run's own S3 server
     kill_window: tuple[float, float] | None = None  # kill at once, this many seconds after start
     add_partitions: bool = True  # the broker scenario adds partitions to a topic
+    codegen: bool = True  # Spark compiles its plans (off for the quick run's small batches)
 
     @classmethod
     def of(
@@ -79,7 +80,7 @@ class Options:
                 scenarios=chosen, cycles=cycles or 1, events=events or 1_000, work=work,
                 rate=20.0, every_kind=True, broker_down_s=5.0, pause_s=0.0, max_offsets=10_000,
                 before_commit=False, maintain_loop=False, keep=keep, s3=s3,
-                kill_window=(5.0, 45.0), add_partitions=False,
+                kill_window=(5.0, 45.0), add_partitions=False, codegen=False,
             )  # fmt: skip
         return cls(
             scenarios=chosen, cycles=cycles or 20, events=events or 200_000, work=work,
@@ -200,6 +201,8 @@ class Run:
             # Every restart is a fresh JVM whose first batches are the slowest.
             "LAKEHOUSE_JVM_OPTIONS": os.environ.get("LAKEHOUSE_JVM_OPTIONS") or SHORT_RUN_JVM,
         }
+        if not options.codegen:
+            self.env["LAKEHOUSE_SPARK_CODEGEN"] = "false"
         self.s3: S3Server | None = None
         if options.s3:
             secret = secrets.token_hex(16)
