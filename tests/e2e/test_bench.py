@@ -222,7 +222,7 @@ def test_the_live_heap_of_a_real_jvm_grows_with_what_it_holds_and_not_with_garba
     # Spark's own JVM: the suite's Kafka broker is a JVM child of this process too.
     jvm = int(java.java.lang.ProcessHandle.current().pid())
     assert jvm in [p.pid for p in process_tree(os.getpid()) if kind_of(p, os.getpid()) == "jvm"]
-    before = _settled_heap_mb(jvm)
+    before = _settled_heap_mb(spark, jvm)
     held = java.java.util.concurrent.atomic.AtomicReference()
     # 256 MiB held: the shared session may still free some tens of MiB of an earlier test's
     # state between the readings (a 128 MiB buffer once read as +104 MiB).
@@ -236,9 +236,14 @@ def test_the_live_heap_of_a_real_jvm_grows_with_what_it_holds_and_not_with_garba
     assert during - after > 230, (during, after)
 
 
-def _settled_heap_mb(jvm: int) -> float:
-    """The live heap once two readings in a row agree: the suite's shared session may still be
-    releasing an earlier test's state (Spark's context cleaner runs after a collection)."""
+def _settled_heap_mb(spark: SparkSession, jvm: int) -> float:
+    """The live heap once two readings in a row agree, after the blocks that earlier tests in
+    the suite's shared session left are released (Spark's context cleaner would release them
+    in its own time, after a collection: once, during this test, 600 MiB of them)."""
+    spark.catalog.clearCache()
+    persisted = spark.sparkContext._jsc.getPersistentRDDs()
+    for key in persisted.keySet().toArray():
+        persisted.get(key).unpersist(True)  # blocking: gone before the first reading
     last = memory.live_heap_mb(jvm)
     for _ in range(5):
         now = memory.live_heap_mb(jvm)
