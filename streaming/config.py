@@ -146,7 +146,7 @@ class SparkConfig:
     driver_memory: str
     shuffle_partitions: int
     ui_enabled: bool
-    codegen: bool  # false: Spark interprets plans (no generated code to compile)
+    codegen: bool  # false: Spark interprets projections outside its whole-stage code
     jvm_options: str  # appended to the driver JVM's options
     extra: Mapping[str, str] = field(default_factory=dict)
 

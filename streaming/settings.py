@@ -125,8 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
        "spark.sql.shuffle.partitions", minimum=1),
     _s("LAKEHOUSE_SPARK_UI", "spark.ui_enabled", False, "bool", "Spark's web UI"),
     _s("LAKEHOUSE_SPARK_CODEGEN", "spark.codegen", True, "bool",
-       "compile Spark's plans to Java code (false: interpret them; a short run of small batches "
-       "starts faster)"),
+       "generate Java code for the projections Spark builds outside its whole-stage code (false: "
+       "interpret them; a short run of small batches starts faster)"),
     _s("LAKEHOUSE_JVM_OPTIONS", "spark.jvm_options", "", "text",
        "extra JVM options of the driver and executors (a short run starts faster with "
        "-XX:TieredStopAtLevel=1)"),

@@ -118,9 +118,10 @@ def session_conf(config: Config) -> dict[str, str]:
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "32",
     }
     if not config.spark.codegen:
-        # Generating and compiling Java for every plan pays off over many rows, not over a few
-        # small batches: a cold 300-message batch over every topic took 52.9 s with it, 36.9 s
-        # without (the JVM's CPU 92 s -> 63 s); warm ones 24-26 s -> 20-23 s.
+        # Generating Java for each projection a task builds (outside whole-stage code, which stays
+        # compiled) pays off over many rows, not over a few small batches: a cold 300-message
+        # batch over every topic took 52.9 s with it, 36.9 s without (the JVM's CPU 92 s -> 63
+        # s); warm ones 24-28 s -> 20-25 s. An internal Spark setting, meant for its own tests.
         conf["spark.sql.codegen.factoryMode"] = "NO_CODEGEN"
     if not submitted():  # under spark-submit, its --master, --driver-memory and --jars rule
         conf["spark.master"] = config.spark.master

@@ -62,7 +62,7 @@ class Options:
     s3: bool = False  # the lake and checkpoints on the run's own S3 server
     kill_window: tuple[float, float] | None = None  # kill at once, this many seconds after start
     add_partitions: bool = True  # the broker scenario adds partitions to a topic
-    codegen: bool = True  # Spark compiles its plans (off for the quick run's small batches)
+    codegen: bool = True  # Spark's generated projections (off for the quick run's small batches)
 
     @classmethod
     def of(
