@@ -164,26 +164,18 @@ def repair_torn_offsets(config: Config, pipeline: str, location: str) -> str | N
 def skipped_offsets(config: Config, location: str) -> list[Skipped]:
     """Per topic, offsets after the checkpoint's last committed batch that Kafka no longer
     holds (retention deleted them before the pipeline read them)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from streaming.kafka.admin import watermarks
 
     committed = Checkpoint(config, location).committed_offsets()
     if not committed:
         return []
-    consumer = Consumer({**config.kafka.client_options(), "group.id": "lakehouse-preflight"})
-    try:
-        found = []
-        for topic, partitions in sorted(committed.items()):
-            gaps = []
-            for partition, offset in partitions.items():
-                low, _ = consumer.get_watermark_offsets(
-                    TopicPartition(topic, int(partition)), timeout=10
-                )
-                gaps.append(max(0, low - offset))
-            if sum(gaps):
-                found.append(Skipped(topic, sum(gaps), sum(1 for g in gaps if g)))
-        return found
-    finally:
-        consumer.close()
+    marks = watermarks(config.kafka, [(t, int(p)) for t, ps in committed.items() for p in ps])
+    found = []
+    for topic, partitions in sorted(committed.items()):
+        gaps = [max(0, marks[topic, int(p)][0] - offset) for p, offset in partitions.items()]
+        if sum(gaps):
+            found.append(Skipped(topic, sum(gaps), sum(1 for g in gaps if g)))
+    return found
 
 
 def check_data_loss(config: Config, pipeline: str, location: str) -> None:

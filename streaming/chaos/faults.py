@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from streaming.checkpoints import Checkpoint
 from streaming.errors import LakehouseError
 from streaming.kafka import broker
-from streaming.kafka.admin import admin_client
+from streaming.kafka.admin import admin_client, watermarks
 from streaming.pipeline import query_name
 from streaming.processes import alive
 from streaming.s3 import server as s3_server
@@ -91,15 +91,12 @@ class Broker:
 
     def delete_before(self, topic: str, offsets: dict[int, int]) -> None:
         """Delete each partition's records before its offset (retention, by hand)."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
-        consumer = Consumer({**self.config.kafka.client_options(), "group.id": "chaos"})
-        try:
-            lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
-                    for p in offsets}  # fmt: skip
-        finally:
-            consumer.close()
-        targets = [TopicPartition(topic, p, o) for p, o in offsets.items() if o > lows[p]]
+        marks = watermarks(self.config.kafka, [(topic, p) for p in offsets])
+        targets = [
+            TopicPartition(topic, p, o) for p, o in offsets.items() if o > marks[topic, p][0]
+        ]
         if targets:
             admin = admin_client(self.config.kafka)  # held until the futures resolve
             for future in admin.delete_records(targets).values():

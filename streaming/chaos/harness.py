@@ -25,7 +25,7 @@ from streaming.chaos import oracles, scenarios
 from streaming.chaos.faults import Broker, ChaosError, Pipeline, S3Server, wait_until
 from streaming.config import Config, load_config
 from streaming.errors import ConfigError
-from streaming.kafka.admin import create_topics
+from streaming.kafka.admin import cluster_metadata, create_topics, watermarks
 from streaming.silver.query import check_inputs
 from streaming.simulator.malformed import kinds_for
 from streaming.simulator.producer import ProduceOptions, ProduceReport, run_producer
@@ -334,15 +334,9 @@ class Run:
         return time.monotonic() - started
 
     def end_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        from confluent_kafka import Consumer, TopicPartition
-
-        consumer = Consumer({**self.config.kafka.client_options(), "group.id": "chaos"})
-        try:
-            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                    for p in metadata.partitions}  # fmt: skip
-        finally:
-            consumer.close()
+        partitions = cluster_metadata(self.config.kafka).topics[topic].partitions
+        marks = watermarks(self.config.kafka, [(topic, p) for p in partitions])
+        return {p: mark for (_, p), mark in marks.items()}
 
     def busiest_user(self) -> str:
         from pyspark.sql import functions as F

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -51,6 +52,25 @@ def cluster_metadata(kafka: KafkaConfig, timeout_s: float = 10.0) -> ClusterMeta
             hint="start the local broker with `lakehouse kafka start`, "
             "or set KAFKA_BOOTSTRAP_SERVERS to a reachable broker",
         ) from None
+
+
+def watermarks(
+    kafka: KafkaConfig, partitions: Iterable[tuple[str, int]], timeout_s: float = 10.0
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """The (low, high) offsets of each (topic, partition), asked of the partition's leader.
+    Raises KafkaException when one does not answer within `timeout_s`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**kafka.client_options(), "group.id": "lakehouse-offsets"})
+    try:
+        return {
+            (topic, partition): consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            for topic, partition in partitions
+        }
+    finally:
+        consumer.close()
 
 
 def _first_line(text: str) -> str:

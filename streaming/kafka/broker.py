@@ -18,7 +18,7 @@ from streaming import jars
 from streaming.config import KafkaConfig, LocalBrokerConfig
 from streaming.errors import BrokerError, ConfigError, SetupError
 from streaming.kafka import tls
-from streaming.kafka.admin import admin_client, cluster_metadata
+from streaming.kafka.admin import admin_client, cluster_metadata, watermarks
 from streaming.processes import alive, log_tail, require_free_port, stop_service
 from streaming.settings import Secret
 
@@ -180,20 +180,14 @@ def _wait_ready(broker: LocalBrokerConfig, process: subprocess.Popen[bytes]) -> 
 
 
 def _partitions_answer(broker: LocalBrokerConfig, metadata: ClusterMetadata) -> bool:
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException
 
-    consumer = Consumer(
-        {"bootstrap.servers": f"127.0.0.1:{broker.port}", "group.id": "lakehouse-ready"}
-    )
+    partitions = [(name, p) for name, topic in metadata.topics.items() for p in topic.partitions]
     try:
-        for name, topic in metadata.topics.items():
-            for partition in topic.partitions:
-                consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=2)
+        watermarks(_local_client(broker), partitions, timeout_s=2)
         return True
     except KafkaException:
         return False
-    finally:
-        consumer.close()
 
 
 def new_cluster_id() -> str:
