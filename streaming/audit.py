@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streaming.catalog import AUDIT_WRITES, TableRef, append_rows
-from streaming.commits import commit_mark
+from streaming.commits import parse_mark
 from streaming.tables import open_table
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def record_writes(
     paths = written if paths is None else paths
     if not paths:
         return []
-    mark = commit_mark(guard.pipeline, batch_id)
+    mark = (guard.pipeline, batch_id)
     now = datetime.now(UTC)
     by = actor()
     rows = []
@@ -125,12 +125,13 @@ def _ref(config: Config, path: str) -> TableRef:
     return TableRef(layer, name)
 
 
-def _commit(config: Config, path: str, mark: str) -> dict[str, Any] | None:
-    """The newest commit of the table that carries `mark`."""
+def _commit(config: Config, path: str, mark: tuple[str, int]) -> dict[str, Any] | None:
+    """The newest commit of the table whose mark names `mark`'s pipeline and batch."""
     table = open_table(config, path)
     if table is None:
         return None
     for entry in sorted(table.history(10), key=lambda e: -int(e["version"])):
-        if entry.get("userMetadata") == mark:
+        found = parse_mark(entry.get("userMetadata"))
+        if found is not None and found[:2] == mark:
             return entry
     return None

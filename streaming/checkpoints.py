@@ -140,11 +140,7 @@ def repair_torn_offsets(config: Config, pipeline: str, location: str) -> str | N
         return None
     except ValueError:
         pass
-    guard = CommitGuard(config, pipeline)
-    holders = [
-        str(ref) for ref in all_tables(config)
-        if guard.committed(ref.path(config), batch_id) is not None
-    ]  # fmt: skip
+    holders = _holders(config, pipeline, batch_id)
     where = f"{location}/offsets/{batch_id}"
     if holders:
         raise QueryError(
@@ -159,6 +155,26 @@ def repair_torn_offsets(config: Config, pipeline: str, location: str) -> str | N
         f"the checkpoint's offset file {where} was torn and no table holds batch {batch_id}: "
         f"set aside to {moved}; the batch is planned again"
     )
+
+
+def _holders(config: Config, pipeline: str, batch_id: int) -> list[str]:
+    """The tables of the lake that hold `pipeline`'s commit of `batch_id` (or a later one)."""
+    guard = CommitGuard(config, pipeline)
+    return [
+        str(ref) for ref in all_tables(config)
+        if guard.committed(ref.path(config), batch_id) is not None
+    ]  # fmt: skip
+
+
+def part_written(config: Config, pipeline: str) -> tuple[int, list[str]] | None:
+    """The batch the pipeline's checkpoint planned and did not commit, when some tables already
+    hold it (a run that died inside the batch: its restart finishes it), with those tables."""
+    checkpoint = Checkpoint(config, config.checkpoint_path(pipeline))
+    offsets = checkpoint.batches("offsets")
+    if not offsets or offsets[-1] in checkpoint.batches("commits"):
+        return None
+    holders = _holders(config, pipeline, offsets[-1])
+    return (offsets[-1], holders) if holders else None
 
 
 def skipped_offsets(config: Config, location: str) -> list[Skipped]:

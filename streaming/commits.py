@@ -18,8 +18,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from streaming.errors import RetryableError
 from streaming.tables import open_table
@@ -45,24 +45,35 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class Committed:
-    """The newest batch of a pipeline that a table holds, and the Delta version holding it."""
+    """The newest batch of a pipeline that a table holds, the Delta version holding it, and
+    what else its writer put in the commit's mark (Silver: the batch's books)."""
 
     batch_id: int
     version: int
+    details: dict[str, Any] = field(default_factory=dict)
 
 
-def commit_mark(pipeline: str, batch_id: int) -> str:
-    return json.dumps({"pipeline": pipeline, "batch": batch_id}, separators=(",", ":"))
+class Mark(NamedTuple):
+    pipeline: str
+    batch_id: int
+    details: dict[str, Any]
 
 
-def _parse_mark(raw: str | None) -> tuple[str, int] | None:
+def commit_mark(pipeline: str, batch_id: int, **details: Any) -> str:
+    """The commit's `userMetadata`: the pipeline, the batch, and any details of the write."""
+    return json.dumps({"pipeline": pipeline, "batch": batch_id, **details}, separators=(",", ":"))
+
+
+def parse_mark(raw: str | None) -> Mark | None:
+    """A commit's mark, or None for a commit by someone else."""
     if not raw:
         return None
     try:
         mark = json.loads(raw)
-        return str(mark["pipeline"]), int(mark["batch"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a commit by someone else: not ours
+        details = {k: v for k, v in mark.items() if k not in ("pipeline", "batch")}
+        return Mark(str(mark["pipeline"]), int(mark["batch"]), details)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # not ours
 
 
 class CommitGuard:
@@ -128,9 +139,9 @@ class CommitGuard:
         for limit in (_RECENT, None):
             commits = table.history(limit)
             for commit in sorted(commits, key=lambda c: -int(c["version"])):
-                mark = _parse_mark(commit.get("userMetadata"))
-                if mark is not None and mark[0] == self.pipeline:
-                    return Committed(mark[1], int(commit["version"]))
+                mark = parse_mark(commit.get("userMetadata"))
+                if mark is not None and mark.pipeline == self.pipeline:
+                    return Committed(mark.batch_id, int(commit["version"]), mark.details)
             if limit is None or len(commits) < limit:
                 return None
         return None

@@ -45,7 +45,7 @@ from urllib.parse import unquote
 
 from pyspark.sql import functions as F
 
-from streaming import bronze, pii
+from streaming import bronze, checkpoints, pii
 from streaming.audit import actor, record_writes
 from streaming.catalog import ERASURES, TOMBSTONES, TableRef, append_rows
 from streaming.commits import BatchScope, CommitGuard
@@ -308,6 +308,13 @@ def _await_applied(
             time.sleep(1.0)
             continue
         try:
+            unfinished = part_written_batches(config)
+            if unfinished:
+                raise RetryableError(
+                    "the pipeline died inside a batch ("
+                    + ", ".join(f"{name} batch {b}" for name, b in unfinished.items())
+                    + "): start it; it finishes the batch and then applies the erasure"
+                )
             apply_pending(spark, config)
         except RetryableError as exc:  # a part committed is kept: the next attempt resumes
             if time.monotonic() > deadline:
@@ -375,6 +382,22 @@ def apply_pending(spark: SparkSession, config: Config) -> dict[int, dict[str, An
         with row_reader(spark):  # the rows are read, and rewritten, with their raw payloads
             done[erasure_id] = _apply(spark, config, erasure_id)
     return done
+
+
+def part_written_batches(config: Config) -> dict[str, int]:
+    """Per pipeline that writes Gold, the batch it died inside (some tables hold it, its
+    checkpoint did not commit it). Its restart finishes the batch, adding the rest of it to Gold:
+    Gold keys an erasure rebuilt from Silver before that would count the batch's Silver rows
+    twice. So an erasure waits for such a batch."""
+    from streaming.pipeline import LAYERS, query_name
+
+    found = {}
+    for name, layers in LAYERS.items():
+        if "gold" in layers:
+            unfinished = checkpoints.part_written(config, query_name(name))
+            if unfinished is not None:
+                found[query_name(name)] = unfinished[0]
+    return found
 
 
 def _pending(records: list[dict[str, Any]]) -> list[int]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -148,10 +148,12 @@ class BatchWriter:
         # Held for each batch: what else writes these tables from this process (an erasure)
         # runs between two batches.
         self.lock = threading.Lock()
+        self.finished = -1  # the newest batch this process wrote in full
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with self.lock:
             report = self._batch(batch, batch_id)
+            self.finished = max(self.finished, batch_id)
         rules = {entity: books.rules for entity, books in report.silver.items()}
         written = record_writes(self.config, self.guard, batch_id, report.rows_in, rules)
         report.versions = {row["table"]: row["version"] for row in written}
@@ -231,6 +233,14 @@ class BatchWriter:
             entities,
             lambda e: self.silver[e].process(by_entity[e], batch_id, before.get(e), held),
         )
+        # Rows read back from a commit made before a restart: records erased since then are
+        # dropped from them, as they are from the batch's input.
+        results = [
+            replace(r, fresh=self.tombstones.drop(r.fresh))
+            if r.replayed and r.fresh is not None
+            else r
+            for r in results
+        ]
         after = dict(before)
         after.update({r.entity: r.watermark for r in results if r.watermark is not None})
         if after != before:

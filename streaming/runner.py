@@ -24,7 +24,7 @@ from py4j.protocol import Py4JError
 
 from streaming import checkpoints, jars, lease, pipeline
 from streaming.config import Config
-from streaming.erasure import PendingErasures, apply_pending
+from streaming.erasure import PendingErasures, apply_pending, part_written_batches
 from streaming.errors import ConfigError, QueryError
 from streaming.history import RunHistory
 from streaming.kafka.admin import require_topics
@@ -167,7 +167,7 @@ def _run(config: Config, plan: Plan, once: bool) -> None:
         else:
             tick = None
             if {"silver", "gold"} <= set(plan.layers):
-                tick = ErasureDesk(spark, config, writer.lock).tick
+                tick = ErasureDesk(spark, config, writer).tick
             _await_stop(spark, [query], tick)
     finally:
         if query is not None and query.isActive:
@@ -221,20 +221,24 @@ class ErasureDesk:
 
     RETRY_S = 60.0
 
-    def __init__(self, spark: SparkSession, config: Config, lock: threading.Lock) -> None:
+    def __init__(self, spark: SparkSession, config: Config, writer: pipeline.BatchWriter) -> None:
         self.spark = spark
         self.config = config
-        self.lock = lock
+        self.writer = writer
         self.pending = PendingErasures(config)
         self.next_try = 0.0
+        # A batch the last run died inside: this run finishes it first (`part_written_batches`).
+        self.unfinished = part_written_batches(config).get(pipeline.query_name(writer.pipeline))
 
     def tick(self) -> None:
         if time.monotonic() < self.next_try:
             return
+        if self.unfinished is not None and self.writer.finished < self.unfinished:
+            return
         try:
             if not self.pending.waiting():
                 return
-            with self.lock:
+            with self.writer.lock:
                 apply_pending(self.spark, self.config)
         # The stream must not fail for an erasure, nor for a storage outage while it looks for
         # one (its batches have their own retries): both are tried again.

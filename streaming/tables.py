@@ -81,3 +81,22 @@ def ensure_table(
         configuration=configuration,
         storage_options=storage_options(config),
     )
+
+
+def added_files(config: Config, path: str, version: int) -> frozenset[str] | None:
+    """The names of the data files that commit `version` of the table added, read from the
+    commit's own log entry; None if that entry is gone (log retention)."""
+    import json
+    from posixpath import basename
+    from urllib.parse import unquote
+
+    from streaming.s3.storage import location_filesystem
+
+    fs, folder = location_filesystem(config, path)
+    try:
+        with fs.open_input_stream(f"{folder}/_delta_log/{version:020d}.json") as stream:
+            lines = bytes(stream.read()).decode().splitlines()
+    except FileNotFoundError:
+        return None
+    actions = (json.loads(line) for line in lines if line.strip())
+    return frozenset(basename(unquote(a["add"]["path"])) for a in actions if "add" in a)

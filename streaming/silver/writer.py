@@ -5,11 +5,14 @@ Outputs: `silver/<entity>` (an append of the rows no dedup key has seen), `quara
 `silver/vehicle_state` (rewritten: the stored state and the batch, newest per vehicle).
 
 Replay: each write goes through the pipeline's `CommitGuard`, so a table that already holds the
-batch is not written again, and every output of a replay is derived from the batch input and
-the tables as they were before the batch: duplicates are looked up in Silver as of the version
-before the batch's own commit, and the watermark is the one recorded before the batch. So a
-replay after a partial commit writes, to the tables it has not reached yet, exactly what the
-first attempt would have written.
+batch is not written again. Silver is the entity's last write and its commit records the batch's
+books and watermark: a replay that finds it takes the batch's rows back from that commit instead
+of judging the batch again (what Gold, later in the batch, needs). Before it, every output of a
+replay is derived from the batch input and the tables as they were before the batch: duplicates
+are looked up in Silver as of the version before the batch (a commit made by a writer that did
+not record its books), and the watermark is the one recorded before the batch. So a replay
+after a partial commit writes, to the tables it has not reached yet, exactly what the first
+attempt would have written.
 
 Silver receives an append, not an insert-only MERGE: the batch has already been joined with the
 Silver rows its keys can meet (to record each duplicate), which is what such a MERGE would
@@ -20,17 +23,18 @@ the Silver it appends to.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
-from streaming.commits import CommitGuard
+from streaming.commits import CommitGuard, commit_mark
 from streaming.config import Config
 from streaming.contracts import Contract
 from streaming.errors import QueryError
 from streaming.silver import transform
+from streaming.tables import added_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -79,6 +83,7 @@ class SilverResult:
     counts: SilverBooks
     watermark: datetime | None
     fresh: DataFrame | None  # the rows appended to Silver (held until the batch ends)
+    replayed: bool = False  # read back from the batch's Silver commit, made before a restart
 
 
 class SilverWriter:
@@ -116,6 +121,9 @@ class SilverWriter:
         `late=False` (a re-drive, a replay: rows the stream already took in time) applies no
         watermark: no row is late, and the watermark is neither advanced nor returned."""
         spark = bronze_rows.sparkSession
+        replayed = self._replayed(spark, batch_id)
+        if replayed is not None:
+            return replayed
         rows = held.keep(self.validate(bronze_rows))
         scan = _scan(rows, self.contract, watermark)
         if scan.fatal:
@@ -158,11 +166,48 @@ class SilverWriter:
                 self.paths.vehicle_state, batch_id, lambda: self._update_vehicle_state(spark, fresh)
             )
         silver_rows = transform.silver_rows(fresh, batch_id)
+        # The books and the watermark go in the commit, for a replay after it (`_replayed`).
+        mark = commit_mark(
+            self.guard.pipeline,
+            batch_id,
+            books=asdict(counts),
+            watermark=watermark.isoformat() if watermark else None,
+        )
         # A new optional field in the contract becomes a new Silver column.
         self.guard.write(
-            self.paths.silver, batch_id, lambda: _append(silver_rows, self.paths.silver, True)
+            self.paths.silver,
+            batch_id,
+            lambda: _append(silver_rows, self.paths.silver, evolve=True, mark=mark),
         )
         return SilverResult(self.entity, counts, watermark, silver_rows)
+
+    def _replayed(self, spark: SparkSession, batch_id: int) -> SilverResult | None:
+        """A replay of a batch whose Silver commit was made (by an attempt that died later):
+        that commit's rows, and the books and watermark it recorded, instead of judging the
+        batch again. Silver is the entity's last write, so its other outputs hold the batch
+        too. None when Silver does not hold the batch (or its commit predates the record)."""
+        own = self.guard.committed(self.paths.silver, batch_id)
+        if own is None or own.batch_id != batch_id or own.version < 0:
+            return None
+        books, watermark = own.details.get("books"), own.details.get("watermark")
+        files = added_files(self.guard.config, self.paths.silver, own.version)
+        if books is None or files is None:
+            return None
+        rows = (
+            spark.read.format("delta")
+            .option("versionAsOf", own.version)
+            .load(self.paths.silver)
+            .where(F.col("_metadata.file_name").isin(sorted(files)))
+        )
+        log.info("%s already holds batch %d: its rows and books read back from version %d",
+                 self.paths.silver, batch_id, own.version)  # fmt: skip
+        return SilverResult(
+            self.entity,
+            SilverBooks(**books),
+            datetime.fromisoformat(watermark) if watermark else None,
+            rows,
+            replayed=True,
+        )
 
     def _silver_before(self, spark: SparkSession, batch_id: int) -> DataFrame:
         """Silver as it was before this batch: on a replay after the batch's own Silver commit,
@@ -298,8 +343,10 @@ def _fresh_and_duplicate(marked: DataFrame) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def _append(frame: DataFrame, path: str, evolve: bool = False) -> None:
+def _append(frame: DataFrame, path: str, evolve: bool = False, mark: str | None = None) -> None:
     writer = frame.write.format("delta").mode("append")
     if evolve:
         writer = writer.option("mergeSchema", "true")
+    if mark is not None:  # this commit's own mark, over the batch's (the session's)
+        writer = writer.option("userMetadata", mark)
     writer.save(path)

@@ -4,6 +4,7 @@ batch that never died, table by table, and every oracle holds."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -146,7 +147,10 @@ def _attempts(spark: SparkSession, config: Config, batch, batch_id: int) -> None
 @pytest.mark.slow
 @pytest.mark.seconds(420)
 def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_died(
-    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     batches = kafka_batches(spark)
     clean = lake(tmp_path / "clean")
@@ -157,6 +161,7 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
     expected = {name: frame.collect() for name, frame in tables(spark, clean).items()}
 
     config = lake(tmp_path / "crashed")
+    caplog.set_level(logging.INFO, logger="streaming.silver.writer")
     # The batch without duplicates dies after each of its writes in turn (issue: its replay
     # must not take its own Silver rows for duplicates); the messy one after every eighth.
     crashes = _crash_after_each_write(monkeypatch, every=1)
@@ -171,6 +176,10 @@ def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_di
     every_table |= {"silver/vehicle_state"} | {f"gold/{t}" for t in TABLES}
     assert crashed_after == every_table  # no quarantine: nothing in batch 0 is rejected
     assert len(crashes) >= 2, crashes  # 16-21 writes, a crash after every eighth
+    # An attempt after an entity's Silver commit reads its rows back instead of judging again:
+    # in batch 0, one attempt per later Silver write and per Gold write, and the last one.
+    read_back = [r for r in caplog.records if "read back from version" in r.getMessage()]
+    assert len(read_back) >= sum(range(1, len(SIMULATED) + 1)), len(read_back)
     replayed = tables(spark, config)
     assert set(replayed) == set(expected)
     for name, frame in replayed.items():
