@@ -175,6 +175,15 @@ class Pipeline:
         return wait_until(lambda: self.commits() > after, "a committed batch", timeout_s,
                           self.require_running)  # fmt: skip
 
+    def pause(self) -> None:
+        """SIGSTOP the process group: it stays where it is until `resume` (or a kill)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def kill_9(self) -> None:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError):  # it died on its own

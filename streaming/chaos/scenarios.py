@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # How long a scenario waits for the running pipeline's next commit to a table: a restarted JVM's
 # first batches after a backlog (payloads of 10 MB among them) took over three minutes here.
 COMMIT_WAIT_S = 600
+BEFORE_COMMIT_TRIES = 10
 
 
 @dataclass
@@ -113,18 +114,31 @@ def checkpoint(run: Run) -> Injected:
         done.add(run.restart_and_commit(), f"killed after a commit to {name}")
 
     if run.options.before_commit:
-        history = TableRef(*RUN_HISTORY).path(run.config)
-        version = table_version(run.config, history)
-        wait_until(lambda: table_version(run.config, history) > version, "a run-history row",
-                   COMMIT_WAIT_S, pipeline.require_running)  # fmt: skip
-        pipeline.kill_9()
-        uncommitted = pipeline.offsets()
-        if pipeline.commits() >= uncommitted:
-            raise ChaosError(f"batch {uncommitted} committed before the kill landed")
-        done.add(run.restart_and_commit(), f"killed after batch {uncommitted}'s last write, "
-                 "before its checkpoint commit")  # fmt: skip
+        done.add(*_kill_before_checkpoint_commit(run))
     production.join()
     return done
+
+
+def _kill_before_checkpoint_commit(run: Run) -> tuple[float, str]:
+    """Kill -9 between a batch's run-history row (its last act) and Spark's commit of it. That
+    window is milliseconds: when the row appears the pipeline is stopped (SIGSTOP) where it is;
+    if the commit was already made it runs on and the next batch is tried, else it is killed."""
+    pipeline = run.pipeline
+    history = TableRef(*RUN_HISTORY).path(run.config)
+    for attempt in range(1, BEFORE_COMMIT_TRIES + 1):
+        committed, version = pipeline.commits(), table_version(run.config, history)
+        wait_until(lambda v=version: table_version(run.config, history) > v,  # type: ignore[misc]
+                   "a run-history row", COMMIT_WAIT_S, pipeline.require_running)  # fmt: skip
+        pipeline.pause()
+        if pipeline.commits() > committed:  # too late: this batch is committed
+            pipeline.resume()
+            continue
+        pipeline.kill_9()
+        tries = f" (try {attempt})" if attempt > 1 else ""
+        note = f"killed after batch {committed + 1}'s last write, before its checkpoint commit"
+        return run.restart_and_commit(), note + tries
+    raise ChaosError(f"no kill landed between a batch's last write and its checkpoint commit in "
+                     f"{BEFORE_COMMIT_TRIES} tries")  # fmt: skip
 
 
 def broker(run: Run) -> Injected:
