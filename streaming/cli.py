@@ -266,12 +266,14 @@ def _rewrite(
 
     from streaming import lease
     from streaming.silver.query import check_inputs
-    from streaming.spark import build_spark
+    from streaming.spark import build_spark, row_reader
 
     run = command(check_inputs(config))
     holding = nullcontext() if args.dry_run else lease.writer_leases(config, ["silver", "gold"])
     with holding:
-        report = run(build_spark(config, app_name=f"lakehouse-{name}"))
+        spark = build_spark(config, app_name=f"lakehouse-{name}")
+        with row_reader(spark):  # both read raw Bronze payloads, some of ten megabytes
+            report = run(spark)
     print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else report.line())
     return 0
 
