@@ -277,7 +277,7 @@ def _check_rate(step: dict[str, Any], key: str, seconds: float | None) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-@pytest.mark.seconds(150)
+@pytest.mark.seconds(215)
 def test_quick_bench_measures_every_step_and_writes_results(lake: Lake, tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = lakehouse(

@@ -43,7 +43,7 @@ def _produce_corpus(lake, tmp_path: Path) -> list[Path]:
     return [telemetry, mixed]
 
 
-@pytest.mark.seconds(115)
+@pytest.mark.seconds(135)
 def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     lake, spark: SparkSession, tmp_path: Path
 ) -> None:

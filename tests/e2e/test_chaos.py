@@ -121,7 +121,7 @@ def _placements(spark: SparkSession, config):
     return placed
 
 
-@pytest.mark.seconds(600)
+@pytest.mark.seconds(360)
 @pytest.mark.timeout(1800)
 def test_chaos_quick_loses_doubles_and_corrupts_nothing_and_every_kind_lands_in_place(
     tmp_path: Path, spark: SparkSession

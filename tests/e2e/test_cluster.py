@@ -100,7 +100,7 @@ def _table(spark: SparkSession, path: str):
     return frame.withColumns({c: F.array_sort(F.map_entries(c)) for c in maps})
 
 
-@pytest.mark.seconds(280)
+@pytest.mark.seconds(235)
 def test_the_pipeline_on_a_standalone_cluster_equals_local_mode(
     cluster: tuple[str, int], lake, spark: SparkSession, tmp_path: Path
 ) -> None:

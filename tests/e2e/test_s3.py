@@ -176,7 +176,7 @@ def test_lease_refuses_a_live_holder_and_takes_a_stale_one(s3_env) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.seconds(170)
+@pytest.mark.seconds(200)
 def test_pipeline_on_s3_with_one_writer_per_layer(lake, s3_env) -> None:
     on_s3 = _on_s3(s3_env)
     env = lake.process_env(**on_s3, LAKEHOUSE_PII_KEY=PII_KEY)

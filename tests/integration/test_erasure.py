@@ -88,7 +88,7 @@ def _ledger(path: Path, messages) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.seconds(150)
+@pytest.mark.seconds(250)
 def test_lineage_audit_and_an_erasure_that_leaves_no_trace(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

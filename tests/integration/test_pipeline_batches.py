@@ -145,7 +145,7 @@ def _attempts(spark: SparkSession, config: Config, batch, batch_id: int) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.seconds(420)
+@pytest.mark.seconds(320)
 def test_a_batch_killed_after_any_table_write_replays_to_the_batch_that_never_died(
     spark: SparkSession,
     tmp_path: Path,

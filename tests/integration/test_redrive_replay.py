@@ -71,7 +71,7 @@ def _versions(spark: SparkSession, config: Config) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.seconds(85)
+@pytest.mark.seconds(100)
 def test_a_fixed_rule_redrives_exactly_its_rows_to_silver_and_gold_once(
     spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -157,7 +157,7 @@ def _status(level: float | None, bounds: tuple[float, ...]) -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.seconds(110)
+@pytest.mark.seconds(135)
 def test_replaying_one_hour_after_a_derivation_change_rebuilds_that_hour_only(
     spark: SparkSession, tmp_path: Path
 ) -> None:
