@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from streaming.config import Config
 
 log = logging.getLogger(__name__)
+# Layers whose tables hold raw Kafka payloads.
+RAW_PAYLOADS = ("bronze", "quarantine")
 # The columns dashboards and lookups filter by (partition columns are pruned anyway).
 ZORDER: dict[str, tuple[str, ...]] = {
     "silver.telemetry": ("vehicle_id", "event_timestamp"),
@@ -264,14 +266,20 @@ def maintain(
     spark: SparkSession, config: Config, names: list[str] | None, dry_run: bool, vacuum: bool
 ) -> list[Action]:
     """One pass over the tables; every action logged as it ends."""
+    from contextlib import nullcontext
+
+    from streaming.spark import row_reader
+
     maintainer = Maintainer(spark, config, dry_run)
     actions: list[Action] = []
     for ref in tables_named(config, names):
         if ref == TableRef(*AUDIT_MAINTENANCE):
             continue  # its own record: kept by `record`, never rewritten under it
-        for action in maintainer.table(ref, vacuum):
-            log.info(action.line())
-            actions.append(action)
+        # A compaction reads every row: raw payloads (some of ten megabytes) row by row.
+        with row_reader(spark) if ref.layer in RAW_PAYLOADS else nullcontext():
+            for action in maintainer.table(ref, vacuum):
+                log.info(action.line())
+                actions.append(action)
     if not dry_run:
         record(config, actions)
     return actions
