@@ -109,6 +109,13 @@ class Checkpoint:
         if self._fs.get_file_info(checksum).type != _missing():
             self._fs.delete_file(checksum)
 
+    def uncommitted(self) -> int | None:
+        """The last batch planned (its offset file written) and not committed, if any."""
+        offsets = self.batches("offsets")
+        if not offsets or offsets[-1] in self.batches("commits"):
+            return None
+        return offsets[-1]
+
     def committed_offsets(self) -> dict[str, dict[str, int]]:
         """The Kafka end offsets of the newest committed batch ({} before any, or for a source
         that is not Kafka): {topic: {partition: offset}}."""
@@ -131,10 +138,9 @@ class Checkpoint:
 def repair_torn_offsets(config: Config, pipeline: str, location: str) -> str | None:
     """Set aside a torn last offset file whose batch no table holds; what was done, or None."""
     checkpoint = Checkpoint(config, location)
-    offsets = checkpoint.batches("offsets")
-    if not offsets or offsets[-1] in checkpoint.batches("commits"):
+    batch_id = checkpoint.uncommitted()
+    if batch_id is None:
         return None
-    batch_id = offsets[-1]
     try:
         parse_offsets(checkpoint.read("offsets", batch_id))
         return None
@@ -169,12 +175,11 @@ def _holders(config: Config, pipeline: str, batch_id: int) -> list[str]:
 def part_written(config: Config, pipeline: str) -> tuple[int, list[str]] | None:
     """The batch the pipeline's checkpoint planned and did not commit, when some tables already
     hold it (a run that died inside the batch: its restart finishes it), with those tables."""
-    checkpoint = Checkpoint(config, config.checkpoint_path(pipeline))
-    offsets = checkpoint.batches("offsets")
-    if not offsets or offsets[-1] in checkpoint.batches("commits"):
+    batch_id = Checkpoint(config, config.checkpoint_path(pipeline)).uncommitted()
+    if batch_id is None:
         return None
-    holders = _holders(config, pipeline, offsets[-1])
-    return (offsets[-1], holders) if holders else None
+    holders = _holders(config, pipeline, batch_id)
+    return (batch_id, holders) if holders else None
 
 
 def skipped_offsets(config: Config, location: str) -> list[Skipped]:

@@ -24,7 +24,7 @@ from py4j.protocol import Py4JError
 
 from streaming import checkpoints, jars, lease, pipeline
 from streaming.config import Config
-from streaming.erasure import PendingErasures, apply_pending, part_written_batches
+from streaming.erasure import PendingErasures, apply_pending
 from streaming.errors import ConfigError, QueryError
 from streaming.history import RunHistory
 from streaming.kafka.admin import require_topics
@@ -228,7 +228,8 @@ class ErasureDesk:
         self.pending = PendingErasures(config)
         self.next_try = 0.0
         # A batch the last run died inside: this run finishes it first (`part_written_batches`).
-        self.unfinished = part_written_batches(config).get(pipeline.query_name(writer.pipeline))
+        unfinished = checkpoints.part_written(config, pipeline.query_name(writer.pipeline))
+        self.unfinished = unfinished[0] if unfinished is not None else None
 
     def tick(self) -> None:
         if time.monotonic() < self.next_try:
