@@ -66,6 +66,7 @@ PIPELINE = "erase"
 IDENTITY_COLUMNS = ("user_id", "email_token", "phone_token")  # in Silver
 _PROGRESS_S = 10.0
 _RETRY_S = 5.0  # after a failed attempt at applying an erasure (its committed part is kept)
+UNFINISHED_WAIT_S = 10.0  # how long the proof reads again a Parquet file that does not decode
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,14 @@ class Receipt:
         removed = sum(self.rows.values())
         files = sum(p["files"] for p in self.purged.values())
         hits = len(self.proof.get("hits", []))
+        torn = len(self.proof.get("undecoded", []))
         return (
             f"erasure {self.erasure_id}: {removed} rows removed from {len(self.rows)} tables, "
             f"{len(self.gold)} Gold tables rebuilt where they counted the subject, "
             f"{files} old files purged; proof: {self.proof.get('files', 0)} files "
-            f"({self.proof.get('bytes', 0):,} bytes) decoded, {hits} hits "
-            f"({self.seconds:.1f} s)"
+            f"({self.proof.get('bytes', 0):,} bytes) decoded"
+            + (f" ({torn} torn, searched as raw bytes)" if torn else "")
+            + f", {hits} hits ({self.seconds:.1f} s)"
         )
 
 
@@ -512,39 +515,87 @@ def purge(config: Config, ref: TableRef, versions: list[int], cutoff: datetime) 
 
 
 def prove(config: Config, needles: list[str]) -> dict[str, Any]:
-    """Decode every file under the lake and search it for each needle (case-insensitive)."""
-    import pyarrow.parquet as pq
+    """Decode every file under the lake and search it for each needle (case-insensitive).
 
+    A Parquet file that does not decode is one a writer has not finished (it completes within
+    seconds) or one a killed writer left torn, which no table version names: such files are
+    read again for a while, then searched as raw bytes and listed as `undecoded` (VACUUM
+    removes them)."""
     started = time.monotonic()
     fs, base = location_filesystem(config, config.root)
     lowered = [n.lower() for n in needles]
     files = bytes_ = 0
-    hits = []
+    hits: list[dict[str, Any]] = []
+    unread: list[str] = []
+
+    def search(relative: str, columns: dict[str, Any]) -> None:
+        held = [c for c, values in columns.items() if _holds(values, lowered)]
+        hits.extend({"file": relative, "column": c} for c in held)
+
     for info in _walk(fs, base):
         relative = info.path[len(base) :].lstrip("/")
         files += 1
         bytes_ += info.size or 0
-        if relative.endswith(".parquet"):
-            with fs.open_input_file(info.path) as handle:
-                table = pq.read_table(handle)
-            for column in table.column_names:
-                if _column_holds(table.column(column), lowered):
-                    hits.append({"file": relative, "column": column})
-        else:
-            with fs.open_input_stream(info.path) as handle:
-                text = handle.read().lower()
-            if any(n.encode() in text for n in lowered):
+        if not info.size:
+            continue  # nothing in it
+        if not relative.endswith(".parquet"):
+            if _raw_holds(fs, info.path, lowered):
                 hits.append({"file": relative, "column": None})
+            continue
+        columns = _decoded(fs, info.path)
+        if columns is None:
+            unread.append(relative)
+        else:
+            search(relative, columns)
+    deadline = time.monotonic() + UNFINISHED_WAIT_S
+    while unread and time.monotonic() < deadline:
+        time.sleep(1.0)
+        for relative in list(unread):
+            columns = _decoded(fs, f"{base}/{relative}")
+            if columns is not None:
+                unread.remove(relative)
+                search(relative, columns)
+    for relative in unread:
+        if _raw_holds(fs, f"{base}/{relative}", lowered):
+            hits.append({"file": relative, "column": None})
+    if unread:
+        log.warning(
+            "%d torn Parquet file(s), named by no table version, searched as raw bytes "
+            "(VACUUM removes them): %s", len(unread), ", ".join(unread[:5]),
+        )  # fmt: skip
     return {
         "files": files,
         "bytes": bytes_,
         "identifiers": len(needles),
         "hits": hits,
+        "undecoded": unread,
         "seconds": round(time.monotonic() - started, 1),
     }
 
 
-def _column_holds(column: pa.ChunkedArray | pa.Array, needles: list[str]) -> bool:
+def _decoded(fs: FileSystem, path: str) -> dict[str, Any] | None:
+    """The Parquet file's columns; None if it does not decode (unfinished, torn or gone)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open_input_file(path) as handle:
+            table = pq.read_table(handle)
+    except (pa.ArrowInvalid, OSError):  # FileNotFoundError is an OSError
+        return None
+    return {c: table.column(c) for c in table.column_names}
+
+
+def _raw_holds(fs: FileSystem, path: str, needles: list[str]) -> bool:
+    try:
+        with fs.open_input_stream(path) as handle:
+            text = handle.read().lower()
+    except FileNotFoundError:
+        return False  # removed meanwhile (an aborted write cleaned up)
+    return any(n.encode() in text for n in needles)
+
+
+def _holds(column: pa.ChunkedArray | pa.Array, needles: list[str]) -> bool:
     """Whether any value of the column (nested values included) contains a needle."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -565,7 +616,7 @@ def _column_holds(column: pa.ChunkedArray | pa.Array, needles: list[str]) -> boo
             continue
         else:
             continue
-        if any(_column_holds(part, needles) for part in parts):
+        if any(_holds(part, needles) for part in parts):
             return True
     return False
 

@@ -9,8 +9,8 @@ recomputation. The scenarios share the lake, so every check covers all the event
 
 - `faults.py`: the broker and the pipeline as processes to kill, pause and restart; the
   checkpoint's files to tear.
-- `oracles.py`: the oracles' counts per scenario, and the proof that each fails on a dropped
-  and on a doubled row.
+- `oracles.py`: the oracles' counts per scenario, and the proof that each fails on a row
+  dropped and another doubled.
 - `scenarios.py`: what each scenario does.
 - `harness.py`: the run, its table, and the JSON and Markdown reports.
 """
