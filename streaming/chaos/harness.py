@@ -513,7 +513,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {o['scenario']} | {o['events']:,} | {o['faults']} | {o['lost']} | "
             f"{o['duplicated']} | {o['unexpected']} | {o['gold_wrong']} | {shown} | "
-            f"{'yes' if o['ok'] else 'NO: ' + (o['error'] or '; '.join(o['violations']))} |"
+            f"{'yes' if o['ok'] else 'NO: ' + _cell(o['error'] or '; '.join(o['violations']))} |"
         )
     if report["proofs"]:
         lines += [
@@ -529,6 +529,11 @@ def markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text on one line of a Markdown table."""
+    return " ".join(text.split()).replace("|", "/")
 
 
 def _free_port() -> int:

@@ -264,7 +264,7 @@ def governance(run: Run) -> Injected:
     receipt = run.logs / "erasure-receipt.json"
     erased = _lakehouse(run, "erase", "--user-id", user, "--receipt", str(receipt), timeout=900)
     if erased.returncode != 0:
-        raise ChaosError("the erasure failed: " + erased.stderr.strip()[-500:])
+        raise _failed("the erasure", erased)
     written = json.loads(receipt.read_text())
     if written["proof"]["hits"]:
         raise ChaosError(f"the erased person is still in {written['proof']['hits']}")
@@ -290,7 +290,7 @@ def governance(run: Run) -> Injected:
         pipeline.stop()
         redriven = _lakehouse(run, "redrive", "telemetry", "--json", timeout=900)
         if redriven.returncode != 0:
-            raise ChaosError("the re-drive failed: " + redriven.stderr.strip()[-500:])
+            raise _failed("the re-drive", redriven)
         report = json.loads(redriven.stdout)
         done.add(None, f"re-drive of quarantined telemetry with the stream stopped: "
                  f"{report.get('selected', report)} rows judged again")  # fmt: skip
@@ -357,8 +357,19 @@ def _compactions(run: Run) -> int:
 
 
 def _lakehouse(run: Run, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LAKEHOUSE, *args], env=run.env, capture_output=True, text=True,
+    """One `lakehouse` command; its output also in the run's logs (`<command>.log`)."""
+    done = subprocess.run([*LAKEHOUSE, *args], env=run.env, capture_output=True, text=True,
                           timeout=timeout, check=False)  # fmt: skip
+    with (run.logs / f"{args[0]}.log").open("a") as log:
+        log.write(f"$ lakehouse {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return done
+
+
+def _failed(what: str, done: subprocess.CompletedProcess[str]) -> ChaosError:
+    """`what` failed, with the command's one `error:` line (its whole output is in the logs)."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return ChaosError(f"{what} failed: " + (errors or lines or [f"exit {done.returncode}"])[-1])
 
 
 SCENARIOS: dict[str, Callable[[Run], Injected]] = {
