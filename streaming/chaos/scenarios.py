@@ -256,50 +256,55 @@ def governance(run: Run) -> Injected:
         env={**run.env, "LAKEHOUSE_MAINTAIN_INTERVAL": "60"},
         stdout=(run.logs / "maintain.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    refused = _lakehouse(run, "redrive", "telemetry")
-    if refused.returncode == 0 or "error:" not in refused.stderr:
-        raise ChaosError("a re-drive beside the running stream was not refused: "
-                         + refused.stdout[-300:] + refused.stderr[-300:])  # fmt: skip
-    # An erasure covers what the lake holds when it is asked for: the person's records still
-    # in Kafka, or sent later (the simulator's users keep using the app), are not in it. So
-    # the producer stops and the stream catches up first; the stream keeps running.
-    production.join()
-    wait_until(run.caught_up, "the pipeline to catch up", 900, pipeline.require_running)
-    user = run.busiest_user()
-    receipt = run.logs / "erasure-receipt.json"
-    erased = _lakehouse(run, "erase", "--user-id", user, "--receipt", str(receipt), timeout=900)
-    if erased.returncode != 0:
-        raise _failed("the erasure", erased)
-    written = json.loads(receipt.read_text())
-    if written["proof"]["hits"]:
-        raise ChaosError(f"the erased person is still in {written['proof']['hits']}")
-    assert pipeline.process is not None
-    if f"pid {pipeline.process.pid}" not in written["applied_by"]:
-        raise ChaosError(f"the erasure was not applied by the stream: {written['applied_by']}")
-    done.add(None, f"erasure of user {user}: {written['tombstones']} records, applied by the "
-             "running stream, proof scan clean")  # fmt: skip
-    if looping:
-        wait_until(lambda: _maintenance_runs(run) >= 2, "two maintenance passes", 900)
-        maintain.send_signal(signal.SIGTERM)
-    if maintain.wait(timeout=900) != 0:
-        raise ChaosError("maintenance beside the stream failed: see maintain.log")
-    compacted = _compactions(run)
-    if not compacted:
-        raise ChaosError("maintenance beside the stream compacted nothing")
-    passes = f"{_maintenance_runs(run)} passes of maintain (OPTIMIZE, VACUUM)" if looping else (
-        "maintain --once")  # fmt: skip
-    done.add(None, f"{passes} beside the stream: {compacted} compactions")
-    done.add(None, "a re-drive beside the stream refused: " + refused.stderr.strip()[:160])
-    if looping:
+    try:
+        refused = _lakehouse(run, "redrive", "telemetry")
+        if refused.returncode == 0 or "error:" not in refused.stderr:
+            raise ChaosError("a re-drive beside the running stream was not refused: "
+                             + refused.stdout[-300:] + refused.stderr[-300:])  # fmt: skip
+        # An erasure covers what the lake holds when it is asked for: the person's records still
+        # in Kafka, or sent later (the simulator's users keep using the app), are not in it. So
+        # the producer stops and the stream catches up first; the stream keeps running.
+        production.join()
         wait_until(run.caught_up, "the pipeline to catch up", 900, pipeline.require_running)
-        pipeline.stop()
-        redriven = _lakehouse(run, "redrive", "telemetry", "--json", timeout=900)
-        if redriven.returncode != 0:
-            raise _failed("the re-drive", redriven)
-        report = json.loads(redriven.stdout)
-        done.add(None, f"re-drive of quarantined telemetry with the stream stopped: "
-                 f"{report.get('selected', report)} rows judged again")  # fmt: skip
-        pipeline.start()
+        user = run.busiest_user()
+        receipt = run.logs / "erasure-receipt.json"
+        erased = _lakehouse(run, "erase", "--user-id", user, "--receipt", str(receipt), timeout=900)
+        if erased.returncode != 0:
+            raise _failed("the erasure", erased)
+        written = json.loads(receipt.read_text())
+        if written["proof"]["hits"]:
+            raise ChaosError(f"the erased person is still in {written['proof']['hits']}")
+        assert pipeline.process is not None
+        if f"pid {pipeline.process.pid}" not in written["applied_by"]:
+            raise ChaosError(f"the erasure was not applied by the stream: {written['applied_by']}")
+        done.add(None, f"erasure of user {user}: {written['tombstones']} records, applied by the "
+                 "running stream, proof scan clean")  # fmt: skip
+        if looping:
+            wait_until(lambda: _maintenance_runs(run) >= 2, "two maintenance passes", 900)
+            maintain.send_signal(signal.SIGTERM)
+        if maintain.wait(timeout=900) != 0:
+            raise ChaosError("maintenance beside the stream failed: see maintain.log")
+        compacted = _compactions(run)
+        if not compacted:
+            raise ChaosError("maintenance beside the stream compacted nothing")
+        passes = f"{_maintenance_runs(run)} passes of maintain (OPTIMIZE, VACUUM)" if looping else (
+            "maintain --once")  # fmt: skip
+        done.add(None, f"{passes} beside the stream: {compacted} compactions")
+        done.add(None, "a re-drive beside the stream refused: " + refused.stderr.strip()[:160])
+        if looping:
+            wait_until(run.caught_up, "the pipeline to catch up", 900, pipeline.require_running)
+            pipeline.stop()
+            redriven = _lakehouse(run, "redrive", "telemetry", "--json", timeout=900)
+            if redriven.returncode != 0:
+                raise _failed("the re-drive", redriven)
+            report = json.loads(redriven.stdout)
+            done.add(None, f"re-drive of quarantined telemetry with the stream stopped: "
+                     f"{report.get('selected', report)} rows judged again")  # fmt: skip
+            pipeline.start()
+    finally:  # a failed scenario leaves no `maintain` running beside the next one
+        if maintain.poll() is None:
+            maintain.terminate()
+            maintain.wait(timeout=60)
     return done
 
 
