@@ -122,9 +122,10 @@ def _injected(
 
     table = DeltaTable.forPath(spark, path)
     version = int(table.history(1).first()["version"])  # type: ignore[index]
-    ordered: DataFrame = spark.read.format("delta").load(path).orderBy(*keys)
-    # Held before the table changes (raw payloads stay in Spark, not in this process).
-    first, second = ordered.limit(1).localCheckpoint(), ordered.offset(1).limit(1).localCheckpoint()
+    # The two rows held before the table changes (one sort of the table; raw payloads stay in
+    # Spark, not in this process).
+    two: DataFrame = spark.read.format("delta").load(path).orderBy(*keys).limit(2).localCheckpoint()
+    first, second = two.orderBy(*keys).limit(1), two.orderBy(*keys).offset(1)
     try:
         match = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         table.alias("t").merge(first.alias("s"), match).whenMatchedDelete().execute()
