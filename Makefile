@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RATE   ?= 2000
+# pytest-xdist workers of `make test` and `make test-fast`
+WORKERS ?= 2
 export LAKEHOUSE_KAFKA_DIR ?= $(CURDIR)/.kafka
 export LAKEHOUSE_S3_DIR ?= $(CURDIR)/.s3
 # A development-only key so `make run` works out of the box; production sets its own secret.
@@ -52,11 +54,13 @@ browser: ## install Chromium and chromedriver (Debian packages) unless present
 	    chromium chromium-driver >/dev/null; }
 	@chromium --version 2>/dev/null | head -1
 
-test: setup browser ## the whole suite: unit, integration and end-to-end (what CI runs)
-	$(BIN)/pytest -n 2 --dist worksteal tests/unit tests/integration tests/e2e
+# The browser's apt install runs beside the Python and JVM set-up (`-j2`): neither needs the other.
+test: ## the whole suite: unit, integration and end-to-end (what CI runs)
+	@$(MAKE) --no-print-directory -j2 setup browser
+	$(BIN)/pytest -n $(WORKERS) --dist worksteal tests/unit tests/integration tests/e2e
 
 test-fast: setup ## unit and integration tiers only, for the edit-test loop
-	$(BIN)/pytest -n 2 --dist worksteal tests/unit tests/integration
+	$(BIN)/pytest -n $(WORKERS) --dist worksteal tests/unit tests/integration
 
 bench: setup ## the benchmark on the local broker (BENCH="--quick" or any `lakehouse bench` flags)
 	@$(BIN)/lakehouse kafka start

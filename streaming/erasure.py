@@ -67,6 +67,9 @@ IDENTITY_COLUMNS = ("user_id", "email_token", "phone_token")  # in Silver
 _PROGRESS_S = 10.0
 _RETRY_S = 5.0  # after a failed attempt at applying an erasure (its committed part is kept)
 UNFINISHED_WAIT_S = 10.0  # how long the proof reads again a Parquet file that does not decode
+# The proof decodes about this much of a file at a time (and at most this many rows).
+_PROOF_BATCH_BYTES = 32 << 20
+_PROOF_MAX_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -528,8 +531,7 @@ def prove(config: Config, needles: list[str]) -> dict[str, Any]:
     hits: list[dict[str, Any]] = []
     unread: list[str] = []
 
-    def search(relative: str, columns: dict[str, Any]) -> None:
-        held = [c for c, values in columns.items() if _holds(values, lowered)]
+    def search(relative: str, held: list[str]) -> None:
         hits.extend({"file": relative, "column": c} for c in held)
 
     for info in _walk(fs, base):
@@ -542,19 +544,19 @@ def prove(config: Config, needles: list[str]) -> dict[str, Any]:
             if _raw_holds(fs, info.path, lowered):
                 hits.append({"file": relative, "column": None})
             continue
-        columns = _decoded(fs, info.path)
-        if columns is None:
+        held = _columns_holding(fs, info.path, lowered)
+        if held is None:
             unread.append(relative)
         else:
-            search(relative, columns)
+            search(relative, held)
     deadline = time.monotonic() + UNFINISHED_WAIT_S
     while unread and time.monotonic() < deadline:
         time.sleep(1.0)
         for relative in list(unread):
-            columns = _decoded(fs, f"{base}/{relative}")
-            if columns is not None:
+            held = _columns_holding(fs, f"{base}/{relative}", lowered)
+            if held is not None:
                 unread.remove(relative)
-                search(relative, columns)
+                search(relative, held)
     for relative in unread:
         if _raw_holds(fs, f"{base}/{relative}", lowered):
             hits.append({"file": relative, "column": None})
@@ -573,26 +575,51 @@ def prove(config: Config, needles: list[str]) -> dict[str, Any]:
     }
 
 
-def _decoded(fs: FileSystem, path: str) -> dict[str, Any] | None:
-    """The Parquet file's columns; None if it does not decode (unfinished, torn or gone)."""
+def _columns_holding(fs: FileSystem, path: str, needles: list[str]) -> list[str] | None:
+    """The columns of a Parquet file in which some value holds a needle; None if the file does
+    not decode (unfinished, torn or gone).
+
+    Read a bounded number of rows at a time: a compacted file of ten-megabyte payloads is a few
+    megabytes on disk and gigabytes decoded (one such file, read whole, took the process to
+    7 GB)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    held: dict[str, None] = {}
     try:
         with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle)
+            reader = pq.ParquetFile(handle)
+            meta = reader.metadata
+            # Rows per slice from the decoded size the metadata gives. A dictionary-encoded
+            # column understates it (its values count once), but Spark's writer keeps no
+            # dictionary past 1 MB of values: large payloads are stored plain. A page is
+            # decoded whole (Spark's writer closes one past 1 MB, checking every 100 rows).
+            decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            row_bytes = max(1, decoded // max(1, meta.num_rows))
+            rows = max(1, min(_PROOF_MAX_ROWS, _PROOF_BATCH_BYTES // row_bytes))
+            for batch in reader.iter_batches(batch_size=rows, use_threads=False):
+                for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                    if name not in held and _holds(column, needles):
+                        held[name] = None
     except (pa.ArrowInvalid, OSError):  # FileNotFoundError is an OSError
         return None
-    return {c: table.column(c) for c in table.column_names}
+    return list(held)
 
 
 def _raw_holds(fs: FileSystem, path: str, needles: list[str]) -> bool:
+    """Whether the file's bytes hold a needle (case-insensitive), read a chunk at a time."""
+    overlap = max(map(len, needles), default=1) * 4  # a needle across two chunks, in UTF-8
+    tail = b""
     try:
         with fs.open_input_stream(path) as handle:
-            text = handle.read().lower()
+            while chunk := handle.read(_PROOF_BATCH_BYTES):
+                text = tail + chunk.lower()
+                if any(n.encode() in text for n in needles):
+                    return True
+                tail = text[-overlap:]
     except FileNotFoundError:
         return False  # removed meanwhile (an aborted write cleaned up)
-    return any(n.encode() in text for n in needles)
+    return False
 
 
 def _holds(column: pa.ChunkedArray | pa.Array, needles: list[str]) -> bool:
