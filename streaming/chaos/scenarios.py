@@ -376,7 +376,12 @@ def _lakehouse(run: Run, *args: str, timeout: float = 600) -> subprocess.Complet
 
 
 def _failed(what: str, done: subprocess.CompletedProcess[str]) -> ChaosError:
-    """`what` failed, with the command's one `error:` line (its whole output is in the logs)."""
+    """`what` failed, with the command's one `error:` line (its whole output is in the logs),
+    or the signal that killed it (the kernel's OOM killer sends SIGKILL)."""
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        return ChaosError(f"{what} was killed by {name} (exit {done.returncode}): see the "
+                          "kernel log (dmesg) for an out-of-memory kill")  # fmt: skip
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     return ChaosError(f"{what} failed: " + (errors or lines or [f"exit {done.returncode}"])[-1])
