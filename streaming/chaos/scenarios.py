@@ -177,6 +177,9 @@ def broker(run: Run) -> Injected:
     return done
 
 
+RETENTION_STOP_S = 300.0  # a run started past deleted offsets stops on its first batch
+
+
 def retention(run: Run) -> Injected:
     """Retention overtaking the stream: records deleted before the pipeline read them. The
     run must stop with a clear error, then go on with LAKEHOUSE_FAIL_ON_DATA_LOSS=false."""
@@ -203,7 +206,14 @@ def retention(run: Run) -> Injected:
     run.broker.delete_before(topic.name, cut)
     run.skipped += sum(c - unread[p][0] for p, c in cut.items())
     pipeline.start()
-    code = pipeline.wait_exit(300)
+    try:
+        code = pipeline.wait_exit(RETENTION_STOP_S)
+    except subprocess.TimeoutExpired:
+        pipeline.kill_9()
+        raise ChaosError(
+            f"a run after retention overtook it did not stop on the loss within "
+            f"{RETENTION_STOP_S:.0f} s: {pipeline.tail(1)}"
+        ) from None
     text = pipeline.log_file.read_text(errors="replace")
     if code == 0 or "retention overtook the stream" not in text:
         raise ChaosError(
