@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RATE   ?= 2000
-# pytest-xdist workers of `make test` and `make test-fast`
-WORKERS ?= 2
+# pytest-xdist workers of `make test` and `make test-fast`: three on two cores, as the long tests
+# spend much of their time waiting on JVM starts, brokers and producers (docs/benchmarks.md).
+WORKERS ?= 3
 export LAKEHOUSE_KAFKA_DIR ?= $(CURDIR)/.kafka
 export LAKEHOUSE_S3_DIR ?= $(CURDIR)/.s3
 # A development-only key so `make run` works out of the box; production sets its own secret.
